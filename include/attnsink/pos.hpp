@@ -1,0 +1,73 @@
+// attnsink/pos.hpp — positional transforms applied to q and k before the score.
+//
+// A positional policy is a plain struct:
+//   using axis = axis::pos;  static constexpr const char* name;
+//   bool rotates() const;                       // apply() changes vectors
+//   void apply(T* x, d, pos, sign)              // in place; sign -1 rotates back (backward)
+//   void check(const problem&)
+// ALiBi and T5 relative positions are biases (bias.hpp); absolute embeddings
+// live at the model level (the trainer).
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <string>
+
+#include "axis.hpp"
+
+namespace attnsink {
+
+template <class P>
+concept pos_policy = std::same_as<typename P::axis, axis::pos> && requires(const P& p, float* xf, double* xd,
+                                                                          std::size_t d, const problem& pr) {
+  { P::name } -> std::convertible_to<const char*>;
+  { p.rotates() } -> std::convertible_to<bool>;
+  p.apply(xf, d, std::ptrdiff_t{}, 1);
+  p.apply(xd, d, std::ptrdiff_t{}, 1);
+  p.check(pr);
+};
+
+namespace pos {
+
+// No positional encoding.
+struct nope {
+  using axis = axis::pos;
+  static constexpr const char* name = "nope";
+  ATTNSINK_HD constexpr bool rotates() const { return false; }
+  template <class T> ATTNSINK_HD void apply(T*, std::size_t, std::ptrdiff_t, int) const {}
+  void check(const problem&) const {}
+};
+
+// RoPE, rotate-half (LLaMA / GPT-NeoX) form: for c < d/2, θ_c = base^{-2c/d},
+//   x'_c       = x_c cos(pθ_c) - x_{c+d/2} sin(pθ_c)
+//   x'_{c+d/2} = x_{c+d/2} cos(pθ_c) + x_c sin(pθ_c)
+// at position p (0-based). The angle is formed in double so that long
+// sequences keep float accuracy. Backward rotates by -pθ_c (sign = -1).
+struct rope {
+  using axis = axis::pos;
+  static constexpr const char* name = "rope";
+  double base = 10000.0;
+  bool enabled = true;  // a run-time off switch, so one type serves "rope on or off"
+
+  ATTNSINK_HD bool rotates() const { return enabled; }
+  template <class T> ATTNSINK_HD void apply(T* x, std::size_t d, std::ptrdiff_t p, int sign) const {
+    if (!enabled) return;
+    const std::size_t half = d / 2;
+    for (std::size_t c = 0; c < half; ++c) {
+      const double theta = math::pow(base, -2.0 * double(c) / double(d));
+      const double a = double(p) * theta * double(sign);
+      const double cs = math::cos(a), sn = math::sin(a);
+      const double x0 = double(x[c]), x1 = double(x[c + half]);
+      x[c] = T(x0 * cs - x1 * sn);
+      x[c + half] = T(x1 * cs + x0 * sn);
+    }
+  }
+  void check(const problem& p) const {
+    if (!enabled) return;
+    if (p.dim % 2 != 0) throw shape_error("q", "rope needs an even head_dim, got " + std::to_string(p.dim));
+    if (!(base > 1) || !math::isfinite(base)) throw value_error("pos.base", "expected a finite value > 1");
+  }
+};
+
+}  // namespace pos
+}  // namespace attnsink
