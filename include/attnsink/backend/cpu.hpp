@@ -303,13 +303,13 @@ struct kernel {
     if constexpr (exp_fast) {
       sc.l[r] += exp_shift_sum(s + c0, c1 - c0, m);
     } else {
-      T l = 0;
+      double l = 0;
       for (std::size_t jj = c0; jj < c1; ++jj) {
         const T x = s[jj];
-        if constexpr (norm_t::has_denominator) l += a.norm.mass(x, m);
+        if constexpr (norm_t::has_denominator) l += double(a.norm.mass(x, m));
         s[jj] = a.norm.weight(x, m);
       }
-      sc.l[r] += l;
+      sc.l[r] = T(double(sc.l[r]) + l);
     }
   }
 
@@ -326,6 +326,12 @@ struct kernel {
   }
 };
 
+
+// Runs the double kernel on float operands (copies; O(tokens · dim) memory).
+template <class A>
+void forward_in_double(const backend::cpu& opt, const A& a, tensor4<const float> q, tensor4<const float> k,
+                       tensor4<const float> v, tensor4<float> out, row_stats<float> stats);
+
 }  // namespace cpu_detail
 
 // Forward on the CPU backend; same contract as the reference forward (without
@@ -335,6 +341,12 @@ template <attention_type A, class T>
 void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<const T> k, tensor4<const T> v,
              tensor4<T> out, row_stats<T> stats = {}) {
   const problem p = check_forward(a, q, k, v, out);
+  using norm_t = typename A::norm_type;
+  if constexpr (std::is_same_v<T, float> && norm_t::has_denominator && !norm_t::non_negative) {
+    // A signed denominator (abs_clamped) can cancel to far below the sum of
+    // its terms' magnitudes, which float scores cannot resolve: compute in double.
+    return cpu_detail::forward_in_double(opt, a, q, k, v, out, stats);
+  }
   using K = cpu_detail::kernel<A, T>;
   constexpr std::size_t W = cpu_detail::simd<T>::size;
   const std::size_t d = p.dim, dv = p.vdim, df = a.score.feature_dim(d), group = p.heads / p.kv_heads;
@@ -388,5 +400,36 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
     });
   }
 }
+
+namespace cpu_detail {
+template <class A>
+void forward_in_double(const backend::cpu& opt, const A& a, tensor4<const float> q, tensor4<const float> k,
+                       tensor4<const float> v, tensor4<float> out, row_stats<float> stats) {
+  auto widen = [](const tensor4<const float>& x, std::vector<double>& buf) {
+    buf.resize(x.size());
+    std::size_t n = 0;
+    for (std::size_t b = 0; b < x.batch; ++b)
+      for (std::size_t h = 0; h < x.heads; ++h)
+        for (std::size_t t = 0; t < x.tokens; ++t) {
+          const float* r = x.row(b, h, t);
+          for (std::size_t e = 0; e < x.dim; ++e) buf[n++] = r[e];
+        }
+    return tensor4<const double>(buf.data(), x.batch, x.heads, x.tokens, x.dim);
+  };
+  std::vector<double> qd, kd, vd, od(out.size());
+  std::vector<double> md(stats.max ? q.batch * q.heads * q.tokens : 0), ld(stats.sum ? q.batch * q.heads * q.tokens : 0);
+  forward(opt, a, widen(q, qd), widen(k, kd), widen(v, vd), tensor4<double>(od.data(), out.batch, out.heads, out.tokens, out.dim),
+          row_stats<double>{stats.max ? md.data() : nullptr, stats.sum ? ld.data() : nullptr});
+  std::size_t n = 0;
+  for (std::size_t b = 0; b < out.batch; ++b)
+    for (std::size_t h = 0; h < out.heads; ++h)
+      for (std::size_t t = 0; t < out.tokens; ++t) {
+        float* r = out.row(b, h, t);
+        for (std::size_t e = 0; e < out.dim; ++e) r[e] = float(od[n++]);
+      }
+  for (std::size_t i = 0; i < md.size(); ++i) stats.max[i] = float(md[i]);
+  for (std::size_t i = 0; i < ld.size(); ++i) stats.sum[i] = float(ld[i]);
+}
+}  // namespace cpu_detail
 
 }  // namespace attnsink
