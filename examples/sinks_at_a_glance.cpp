@@ -49,15 +49,15 @@ int main() {
     for (auto& e : *x) e = normal(gen);
   for (auto& e : u) e = normal(gen) / std::sqrt(double(D));  // a unit-ish shared direction
 
-  std::vector<double> qs = q, ks = k;  // planted: q_t += 3u, k_1 = 12u
+  std::vector<double> qs = q, ks = k;  // planted: q_t += 0.5u√d, k_1 = 0.75u√d (score +3)
   for (std::size_t h = 0; h < H; ++h) {
     for (std::size_t t = 0; t < T; ++t)
-      for (std::size_t e = 0; e < D; ++e) qs[(h * T + t) * D + e] += 3 * u[e] * std::sqrt(double(D));
-    for (std::size_t e = 0; e < D; ++e) ks[h * T * D + e] = 12 * u[e] * std::sqrt(double(D));
+      for (std::size_t e = 0; e < D; ++e) qs[(h * T + t) * D + e] += 0.5 * u[e] * std::sqrt(double(D));
+    for (std::size_t e = 0; e < D; ++e) ks[h * T * D + e] = 0.75 * u[e] * std::sqrt(double(D));
   }
   std::vector<double> kstar(H * D);  // a key bias along u, per head
   for (std::size_t h = 0; h < H; ++h)
-    for (std::size_t e = 0; e < D; ++e) kstar[h * D + e] = 12 * u[e] * std::sqrt(double(D));
+    for (std::size_t e = 0; e < D; ++e) kstar[h * D + e] = 0.75 * u[e] * std::sqrt(double(D));
 
   attention<score::scaled_dot, norm::softmax> softmax;
   attention<score::scaled_dot, norm::sigmoid> sigmoid;

@@ -36,12 +36,14 @@ array<T> read(const std::string& path, const std::string& argument) {
   if (!stream) throw io_error(argument, "cannot open '" + path + "'");
   std::error_code ec;
   const auto file_size = std::filesystem::file_size(path, ec);
-  xt::detail::npy_file file;
-  try {
-    file = xt::detail::load_npy_file(stream);
-  } catch (const std::exception& e) {
-    throw io_error(argument, "'" + path + "' is not a readable .npy file (" + e.what() + ")");
-  }
+  auto load = [&] {
+    try {
+      return xt::detail::load_npy_file(stream);
+    } catch (const std::exception& e) {
+      throw io_error(argument, "'" + path + "' is not a readable .npy file (" + e.what() + ")");
+    }
+  };
+  xt::detail::npy_file file = load();
   if (!stream || (!ec && std::uintmax_t(stream.tellg()) > file_size))
     throw io_error(argument, "'" + path + "' is truncated: its header promises more data than it holds");
   if (file.m_fortran_order) throw io_error(argument, "'" + path + "' is in Fortran order; expected C order");
