@@ -2,16 +2,35 @@
 //
 // One streaming pass over key tiles per query tile with online normalization
 // (norm.hpp's (m, l) state); no tokens × tokens buffer is ever allocated.
-// A tile holds `rows` query rows: a range of query positions times every
-// query head of one kv-head group, so grouped-query heads share each K/V tile
-// they read (decode reads the cache once per group). Key tiles the mask hides
-// are skipped; tiles it fully shows skip the per-element mask test.
+// A tile holds query rows: a range of query positions times every query head
+// of one kv-head group, so grouped-query heads share each K/V tile they read.
 //
-// Link attnsink::cpu (xsimd, TBB). Any attention type runs here; there is no
-// fallback to the reference backend.
+// Two tile kernels:
+// - wide (prefill, when a tile fills at least one SIMD vector): query rows are
+//   the SIMD lanes. Q is held transposed (features × rows), so Sᵀ = K·Qᵀ and
+//   Oᵀ += Vᵀ·Pᵀ are both "broadcast one K/V element, FMA a vector of rows" and
+//   read K and V rows where they lie: no per-tile transpose. The running max,
+//   the exponentials and the row sums are then plain vertical vector ops, so
+//   every normalization is vectorized the same way, not only softmax.
+//   Masks are handled per SIMD vector of rows: a key block is computed only
+//   for the row vectors that see some key of it (diagonal and window edges
+//   cost at most one vector-wide triangle), and lanes are masked only where a
+//   vector's rows disagree.
+// - small (decode and tiny tiles, fewer rows than lanes): rows are kept
+//   row-major and scores are dot products along the feature axis, so one
+//   query against a long cache streams K and V once at full vector width.
+//
+// Link attnsink::cpu (xsimd, TBB). Any attention type runs here; policies
+// with no vector form (user norms, softcap, table biases) take a per-lane
+// scalar loop inside the same kernel.
+//
+// SIMD target: whatever the translation unit is compiled for (xsimd's default
+// architecture): SSE2 in the portable build, AVX2+FMA with
+// ATTNSINK_CPU_ARCH=avx2, AVX-512 with =native on such a machine.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstring>
 #include <type_traits>
@@ -28,6 +47,7 @@ namespace attnsink {
 namespace backend {
 // Tag: the fused CPU backend. Options: the tile sizes (rows of queries, keys).
 struct cpu {
+  // Query rows per tile (wide kernel: rounded up to whole SIMD vectors).
   std::size_t query_tile = 64;
   std::size_t key_tile = 64;
   // Prepared (rotated / feature-mapped) keys are made for as many (batch, kv
@@ -45,49 +65,168 @@ template <class T>
 using aligned_vector = std::vector<T, xsimd::aligned_allocator<T>>;
 
 template <class T>
-struct scratch {
-  aligned_vector<T> q, kt, s, acc, m, l, x;
-  std::vector<std::size_t> head, qrow;
-  std::vector<std::ptrdiff_t> qpos;
-  std::vector<key_range> range;
-  void reserve(std::size_t rows, std::size_t kt_, std::size_t df, std::size_t dv, std::size_t dmax) {
-    q.assign(rows * df, T(0));
-    kt.assign(df * kt_, T(0));
-    s.assign(rows * kt_, T(0));
-    acc.assign(rows * dv, T(0));
-    m.assign(rows, T(0));
-    l.assign(rows, T(0));
-    x.assign(dmax, T(0));
-    head.assign(rows, 0);
-    qrow.assign(rows, 0);
-    qpos.assign(rows, 0);
-    range.assign(rows, key_range{0, 0});
-  }
+struct blocking {
+  static constexpr std::size_t W = simd<T>::size;
+  // Row vectors per micro-kernel block, and K/V elements broadcast per block:
+  // 6 × 4 accumulators fill AVX-512's 32 registers with room for the loads;
+  // 16-register targets take 3 × 4.
+  static constexpr std::size_t NV = 4;
+  static constexpr std::size_t MR = std::is_base_of_v<xsimd::avx512f, typename simd<T>::arch_type> ? 6 : 3;
 };
 
-// s[r][0..nk) = q[r] · kt[.][0..nk) for rows [0, nr); nr a multiple of 4,
-// nk padded to a multiple of 2W (kt is zero-padded there).
-template <class T>
-inline void scores(const T* q, const T* kt, T* s, std::size_t nr, std::size_t nkp, std::size_t df, std::size_t ld) {
+// C[i][v·W, v·W + W) (+)= Σ_{k<K} A[i·ais + k·aks] · B[k·ldb + v·W, ... + W) for i < M, v < V.
+// B and C rows are SIMD-aligned.
+template <std::size_t M, std::size_t V, bool Add, class T>
+inline void block(const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb, std::size_t K, T* c,
+                  std::size_t ldc) {
   constexpr std::size_t W = simd<T>::size;
+  simd<T> acc[M][V];
+#pragma GCC unroll 8
+  for (std::size_t i = 0; i < M; ++i)
+#pragma GCC unroll 8
+    for (std::size_t v = 0; v < V; ++v)
+      acc[i][v] = Add ? simd<T>::load_aligned(c + i * ldc + v * W) : simd<T>(T(0));
+  for (std::size_t k = 0; k < K; ++k) {
+    const T* bk = b + k * ldb;
+    const T* ak = a + k * aks;
+    simd<T> bv[V];
+#pragma GCC unroll 8
+    for (std::size_t v = 0; v < V; ++v) bv[v] = simd<T>::load_aligned(bk + v * W);
+#pragma GCC unroll 8
+    for (std::size_t i = 0; i < M; ++i) {
+      const simd<T> ai(ak[i * ais]);
+#pragma GCC unroll 8
+      for (std::size_t v = 0; v < V; ++v) acc[i][v] = xsimd::fma(ai, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (std::size_t i = 0; i < M; ++i)
+#pragma GCC unroll 8
+    for (std::size_t v = 0; v < V; ++v) acc[i][v].store_aligned(c + i * ldc + v * W);
+}
+
+template <std::size_t M, std::size_t V, bool Add, class T>
+inline void block_tail(std::size_t m, const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb,
+                       std::size_t K, T* c, std::size_t ldc) {
+  if (m == M) return block<M, V, Add>(a, ais, aks, b, ldb, K, c, ldc);
+  if constexpr (M > 1) block_tail<M - 1, V, Add>(m, a, ais, aks, b, ldb, K, c, ldc);
+}
+
+template <std::size_t V, bool Add, class T>
+inline void gemm_v(std::size_t m, const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb,
+                   std::size_t K, T* c, std::size_t ldc) {
+  constexpr std::size_t MR = blocking<T>::MR;
+  std::size_t i = 0;
+  for (; i + MR <= m; i += MR) block<MR, V, Add>(a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc);
+  if (i < m) block_tail<MR - 1, V, Add>(m - i, a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc);
+}
+
+// C (m × nv vectors) (+)= A (m × K, strides ais, aks) · B (K × nv vectors).
+template <bool Add, class T>
+inline void gemm(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std::size_t aks, const T* b,
+                 std::size_t ldb, std::size_t K, T* c, std::size_t ldc) {
+  constexpr std::size_t W = simd<T>::size, NV = blocking<T>::NV;
+  for (std::size_t v0 = 0; v0 < nv; v0 += NV) {
+    const T* bb = b + v0 * W;
+    T* cc = c + v0 * W;
+    switch (std::min(NV, nv - v0)) {
+      case 1: gemm_v<1, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc); break;
+      case 2: gemm_v<2, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc); break;
+      case 3: gemm_v<3, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc); break;
+      default: gemm_v<4, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc); break;
+    }
+  }
+}
+
+// --- vector forms of the elementwise policies (a scalar per-lane loop covers the rest)
+
+template <class F>
+inline constexpr bool vec_fn =
+    std::is_same_v<F, fn::identity> || std::is_same_v<F, fn::relu> || std::is_same_v<F, fn::elu_plus_one> ||
+    std::is_same_v<F, fn::sigmoid>;
+
+template <class F, class T>
+inline simd<T> apply_fn(const simd<T>& x) {
+  if constexpr (std::is_same_v<F, fn::identity>) {
+    return x;
+  } else if constexpr (std::is_same_v<F, fn::relu>) {
+    return xsimd::max(x, simd<T>(T(0)));
+  } else if constexpr (std::is_same_v<F, fn::elu_plus_one>) {
+    // exp of a large positive lane may overflow to inf; that lane takes x + 1
+    return xsimd::select(x > simd<T>(T(0)), x + simd<T>(T(1)), xsimd::exp(x));
+  } else {
+    // 1/(1 + e^{-x}) is relatively accurate on both sides (e^{-x} → inf gives 0)
+    return simd<T>(T(1)) / (simd<T>(T(1)) + xsimd::exp(-x));
+  }
+}
+
+template <class N>
+struct normalized_fn {
+  using type = void;
+};
+template <class F>
+struct normalized_fn<norm::normalized<F>> {
+  using type = F;
+};
+
+// Which normalizations have a vector weight/mass here.
+template <class N>
+inline constexpr bool vec_norm =
+    std::is_base_of_v<norm::exp_family, N> || std::is_same_v<N, norm::sigmoid> ||
+    std::is_same_v<N, norm::elu_plus_one> || std::is_same_v<N, norm::identity> || std::is_same_v<N, norm::softpick> ||
+    (!std::is_void_v<typename normalized_fn<N>::type> && vec_fn<typename normalized_fn<N>::type>);
+
+// weight(s, m) and mass(s, m) of normalization n, lane-wise.
+template <class N, class T>
+inline void norm_vec(const N& n, const simd<T>& s, const simd<T>& m, simd<T>& w, simd<T>& ms) {
+  if constexpr (std::is_base_of_v<norm::exp_family, N>) {
+    w = ms = xsimd::exp(s - m);
+  } else if constexpr (std::is_same_v<N, norm::sigmoid>) {
+    w = apply_fn<fn::sigmoid, T>(s + simd<T>(T(n.bias)));
+  } else if constexpr (std::is_same_v<N, norm::elu_plus_one>) {
+    w = apply_fn<fn::elu_plus_one, T>(s);
+  } else if constexpr (std::is_same_v<N, norm::identity>) {
+    w = s;
+  } else if constexpr (std::is_same_v<N, norm::softpick>) {
+    const simd<T> x = xsimd::exp(s - m) - xsimd::exp(-m);
+    w = xsimd::max(x, simd<T>(T(0)));
+    ms = xsimd::abs(x);
+  } else {
+    w = ms = apply_fn<typename normalized_fn<N>::type, T>(s);
+  }
+}
+
+// --- the small (row-major) kernel's pieces
+
+// s[r·ld + jj] = q_r · k_jj for r < nr (nr a multiple of 4), jj < nk.
+template <class T>
+inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std::size_t kstride, std::size_t nk, T* s,
+                 std::size_t ld) {
+  constexpr std::size_t W = simd<T>::size;
+  const std::size_t dfv = df - df % W;
   for (std::size_t r = 0; r < nr; r += 4) {
-    const T* q0 = q + r * df;
-    for (std::size_t j = 0; j < nkp; j += 2 * W) {
-      simd<T> a00(T(0)), a01(T(0)), a10(T(0)), a11(T(0)), a20(T(0)), a21(T(0)), a30(T(0)), a31(T(0));
-      const T* kc = kt + j;
-      for (std::size_t c = 0; c < df; ++c, kc += ld) {
-        const simd<T> k0 = simd<T>::load_aligned(kc), k1 = simd<T>::load_aligned(kc + W);
-        const simd<T> b0(q0[c]), b1(q0[df + c]), b2(q0[2 * df + c]), b3(q0[3 * df + c]);
-        a00 = xsimd::fma(b0, k0, a00); a01 = xsimd::fma(b0, k1, a01);
-        a10 = xsimd::fma(b1, k0, a10); a11 = xsimd::fma(b1, k1, a11);
-        a20 = xsimd::fma(b2, k0, a20); a21 = xsimd::fma(b2, k1, a21);
-        a30 = xsimd::fma(b3, k0, a30); a31 = xsimd::fma(b3, k1, a31);
+    const T *q0 = q + r * df, *q1 = q0 + df, *q2 = q1 + df, *q3 = q2 + df;
+    for (std::size_t jj = 0; jj < nk; ++jj) {
+      const T* kr = keys + jj * kstride;
+      simd<T> a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+      for (std::size_t c = 0; c < dfv; c += W) {
+        const simd<T> kv = simd<T>::load_unaligned(kr + c);
+        a0 = xsimd::fma(simd<T>::load_unaligned(q0 + c), kv, a0);
+        a1 = xsimd::fma(simd<T>::load_unaligned(q1 + c), kv, a1);
+        a2 = xsimd::fma(simd<T>::load_unaligned(q2 + c), kv, a2);
+        a3 = xsimd::fma(simd<T>::load_unaligned(q3 + c), kv, a3);
       }
-      T* s0 = s + r * ld + j;
-      a00.store_aligned(s0); a01.store_aligned(s0 + W);
-      a10.store_aligned(s0 + ld); a11.store_aligned(s0 + ld + W);
-      a20.store_aligned(s0 + 2 * ld); a21.store_aligned(s0 + 2 * ld + W);
-      a30.store_aligned(s0 + 3 * ld); a31.store_aligned(s0 + 3 * ld + W);
+      T s0 = xsimd::hadd(a0), s1 = xsimd::hadd(a1), s2 = xsimd::hadd(a2), s3 = xsimd::hadd(a3);
+      for (std::size_t c = dfv; c < df; ++c) {
+        s0 += q0[c] * kr[c];
+        s1 += q1[c] * kr[c];
+        s2 += q2[c] * kr[c];
+        s3 += q3[c] * kr[c];
+      }
+      s[r * ld + jj] = s0;
+      s[(r + 1) * ld + jj] = s1;
+      s[(r + 2) * ld + jj] = s2;
+      s[(r + 3) * ld + jj] = s3;
     }
   }
 }
@@ -176,6 +315,52 @@ inline T exp_shift_sum(T* x, std::size_t n, T m) {
   return sum;
 }
 
+// Keys [lo, hi) of a key chunk that row vectors [g0, g1) all see some of.
+struct segment {
+  std::size_t lo, hi, g0, g1;
+};
+
+template <class T>
+struct scratch {
+  // wide kernel: features × rows, keys × rows, value dims × rows, and per-row lanes
+  aligned_vector<T> qt, st, ot, m, l, lo, hi, slope, qposf, lanes;
+  // small kernel: rows × features, rows × keys, rows × value dims
+  aligned_vector<T> q, s, acc, x;
+  std::vector<std::size_t> head, qrow;
+  std::vector<std::ptrdiff_t> qpos;
+  std::vector<key_range> range;
+  std::vector<std::size_t> span, cut;
+  std::vector<segment> seg;
+  void reserve_wide(std::size_t rows, std::size_t bk, std::size_t df, std::size_t dv, std::size_t dmax) {
+    const std::size_t nv = rows / simd<T>::size;
+    span.assign(4 * nv, 0);
+    cut.assign(2 * nv + 2, 0);
+    seg.assign(2 * nv + 1, segment{});
+    qt.assign(df * rows, T(0));
+    st.assign(bk * rows, T(0));
+    ot.assign(dv * rows, T(0));
+    for (auto* v : {&m, &l, &lo, &hi, &slope, &qposf}) v->assign(rows, T(0));
+    lanes.assign(2 * simd<T>::size, T(0));
+    x.assign(2 * dmax, T(0));
+    head.assign(rows, 0);
+    qrow.assign(rows, 0);
+    qpos.assign(rows, 0);
+    range.assign(rows, key_range{0, 0});
+  }
+  void reserve_small(std::size_t rows, std::size_t bk, std::size_t df, std::size_t dv, std::size_t dmax) {
+    q.assign(rows * df, T(0));
+    s.assign(rows * bk, T(0));
+    acc.assign(rows * dv, T(0));
+    m.assign(rows, T(0));
+    l.assign(rows, T(0));
+    x.assign(dmax, T(0));
+    head.assign(rows, 0);
+    qrow.assign(rows, 0);
+    qpos.assign(rows, 0);
+    range.assign(rows, key_range{0, 0});
+  }
+};
+
 template <class A, class T>
 struct kernel {
   using bias_t = typename A::bias_type;
@@ -183,10 +368,10 @@ struct kernel {
   using score_t = typename A::score_type;
   static constexpr bool has_kv = bias_t::has_kv;
   static constexpr bool exp_fast = std::is_base_of_v<norm::exp_family, norm_t>;
+  static constexpr bool alibi_fast = std::is_same_v<bias_t, bias::alibi>;
   static constexpr std::size_t W = simd<T>::size;
 
   const A& a;
-  const backend::cpu& opt;
   tensor4<const T> q, k, v;
   tensor4<T> out;
   row_stats<T> stats;
@@ -195,99 +380,291 @@ struct kernel {
   T c;
   bool causal;
 
-  // Processes query positions [i0, i0 + ni) of every head in kv-head group (b, hk).
-  // keys: (tk × df) features with row stride kstride; kstar: df features or null.
-  void tile(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, const T* keys, std::size_t kstride,
-            const T* kstar) const {
+  // Row r of a tile at query position i0: its head, position and key range;
+  // writes the scaled query features to feat (df) and returns the row's initial (m, l).
+  row_init setup_row(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, std::size_t r, T* feat) const {
+    const std::size_t i = i0 + r / group, h = hk * group + r % group;
+    sc.head[r] = h;
+    sc.qrow[r] = i;
+    sc.qpos[r] = mask::detail::qpos(i, p.tq, p.tk);
+    sc.range[r] = a.mask.range(b, i, p.tq, p.tk);
+    T* x = sc.x.data();
+    const T* src = q.row(b, h, i);
+    std::copy(src, src + d, x);
+    a.pos.apply(x, d, sc.qpos[r], 1);
+    a.score.map(x, feat, d);
+    for (std::size_t e = 0; e < df; ++e) feat[e] *= c;
+    return a.norm.init(h);
+  }
+
+  // The key/value bias key, seen first by every row, with no mask, positions or
+  // additive bias: folds it into (m, l) and returns its weight (times v*).
+  T bias_key(const T* feat, const T* kstar, T& m, T& l) const {
+    T s = 0;
+    for (std::size_t e = 0; e < df; ++e) s += feat[e] * kstar[e];
+    s = a.score.post(s);
+    if constexpr (norm_t::tracks_max) {
+      const T mn = std::max(m, s);
+      if (mn != m) l *= math::exp(m - mn);
+      m = mn;
+    }
+    l += a.norm.mass(s, m);
+    return a.norm.weight(s, m);
+  }
+
+  // ---- wide kernel: rows are SIMD lanes (see the top of this file)
+  void wide_tile(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, const T* keys, std::size_t kstride,
+                 const T* kstar) const {
+    const std::size_t R = rows;  // lanes per tile, a multiple of W
+    const std::size_t i1 = std::min(i0 + ni, p.tq), nr = (i1 - i0) * group, nv = (nr + W - 1) / W;
+    T *qt = sc.qt.data(), *st = sc.st.data(), *ot = sc.ot.data();
+    std::fill(ot, ot + dv * R, T(0));
+    T* feat = sc.x.data() + std::max(d, df);
+    for (std::size_t r = 0; r < R; ++r) {
+      if (r >= nr) {  // padding lanes: zero queries, an empty key range
+        for (std::size_t e = 0; e < df; ++e) qt[e * R + r] = T(0);
+        sc.m[r] = sc.l[r] = sc.lo[r] = sc.hi[r] = sc.slope[r] = sc.qposf[r] = T(0);
+        sc.range[r] = {0, 0};
+        continue;
+      }
+      const row_init init = setup_row(sc, b, hk, i0, r, feat);
+      for (std::size_t e = 0; e < df; ++e) qt[e * R + r] = feat[e];
+      sc.lo[r] = T(sc.range[r].lo);
+      sc.hi[r] = T(sc.range[r].hi);
+      if constexpr (alibi_fast) {
+        sc.slope[r] = T(a.bias.slope(sc.head[r], p.heads));
+        sc.qposf[r] = T(sc.qpos[r]);
+      }
+      T m = T(init.m), l = T(init.l);
+      if constexpr (has_kv) {
+        const T w = bias_key(feat, kstar, m, l);
+        for (std::size_t e = 0; e < dv; ++e) ot[e * R + r] = w * T(a.bias.vstar(hk, e, dv));
+      }
+      sc.m[r] = m;
+      sc.l[r] = l;
+    }
+    // Per row vector g: the keys any of its rows sees [span_lo, span_hi), and
+    // the keys all of them see [full_lo, full_hi) (empty when it holds padding).
+    std::size_t *span_lo = sc.span.data(), *span_hi = span_lo + nv, *full_lo = span_hi + nv, *full_hi = full_lo + nv;
+    const std::size_t nvc = nv;
+    for (std::size_t g = 0; g < nvc; ++g) {
+      const std::size_t r0 = g * W, r1 = std::min(nr, r0 + W) - 1;
+      span_lo[g] = sc.range[r0].lo;
+      span_hi[g] = std::max(sc.range[r1].hi, span_lo[g]);
+      const bool whole = r1 - r0 + 1 == W;
+      full_lo[g] = whole ? sc.range[r1].lo : 1;
+      full_hi[g] = whole ? sc.range[r0].hi : 0;
+    }
+    const std::size_t t_lo = span_lo[0], t_hi = span_hi[nvc - 1];
+    std::size_t* cut = sc.cut.data();
+    segment* seg = sc.seg.data();
+    for (std::size_t j0 = t_lo; j0 < t_hi; j0 += bk) {
+      const std::size_t j1 = std::min(j0 + bk, t_hi);
+      // Cut [j0, j1) where the set of row vectors that see a key changes.
+      std::size_t nc = 0;
+      cut[nc++] = j0;
+      cut[nc++] = j1;
+      for (std::size_t g = 0; g < nvc; ++g) {
+        if (span_lo[g] > j0 && span_lo[g] < j1) cut[nc++] = span_lo[g];
+        if (span_hi[g] > j0 && span_hi[g] < j1) cut[nc++] = span_hi[g];
+      }
+      std::sort(cut, cut + nc);
+      std::size_t ns = 0;
+      for (std::size_t u = 0; u + 1 < nc; ++u) {
+        const std::size_t lo = cut[u], hi = cut[u + 1];
+        if (lo == hi) continue;
+        std::size_t g0 = nvc, g1 = 0;  // masks are monotone, so the active vectors are contiguous
+        for (std::size_t g = 0; g < nvc; ++g)
+          if (span_lo[g] <= lo && span_hi[g] >= hi) {
+            g0 = std::min(g0, g);
+            g1 = g + 1;
+          }
+        if (g0 < g1) seg[ns++] = {lo, hi, g0, g1};
+      }
+      if (ns == 0) continue;
+      for (std::size_t u = 0; u < ns; ++u) {
+        const segment& sg = seg[u];
+        gemm<false>(sg.hi - sg.lo, sg.g1 - sg.g0, keys + sg.lo * kstride, kstride, 1, qt + sg.g0 * W, R, df,
+                    st + (sg.lo - j0) * R + sg.g0 * W, R);
+      }
+      for (std::size_t g = 0; g < nvc; ++g) {
+        const std::size_t ja = std::max(j0, span_lo[g]), jb = std::min(j1, span_hi[g]);
+        if (ja < jb) normalize(sc, b, g, ja, jb, j0, full_lo[g], full_hi[g]);
+      }
+      for (std::size_t u = 0; u < ns; ++u) {
+        const segment& sg = seg[u];
+        gemm<true>(dv, sg.g1 - sg.g0, v.row(b, hk, sg.lo), 1, v.stride_t, st + (sg.lo - j0) * R + sg.g0 * W, R,
+                   sg.hi - sg.lo, ot + sg.g0 * W, R);
+      }
+    }
+    for (std::size_t r = 0; r < nr; ++r) {
+      const T f = a.norm.finish(sc.m[r], sc.l[r]);
+      T* o = out.row(b, sc.head[r], sc.qrow[r]);
+      for (std::size_t e = 0; e < dv; ++e) o[e] = ot[e * R + r] * f;
+      write_stats(sc, b, r);
+    }
+  }
+
+  // Turns the scores of row vector g, keys [ja, jb) of the chunk starting at
+  // j0, into weights in place, and folds them into the vector's (m, l).
+  void normalize(scratch<T>& sc, std::size_t b, std::size_t g, std::size_t ja, std::size_t jb, std::size_t j0,
+                 std::size_t full_lo, std::size_t full_hi) const {
+    using V = simd<T>;
+    const std::size_t R = rows, o = g * W;
+    T* s0 = sc.st.data() + o;
+    const V lo = V::load_aligned(sc.lo.data() + o), hi = V::load_aligned(sc.hi.data() + o);
+    // Positions compare exactly in T (float: up to 2^24 tokens).
+    auto visible = [&](std::size_t j) {
+      const V jv = V(T(j));
+      return (jv >= lo) & (jv < hi);
+    };
+    auto masked = [&](std::size_t j) { return j < full_lo || j >= full_hi; };
+    if constexpr (score_t::has_post || bias_t::additive) {
+      const V slope = V::load_aligned(sc.slope.data() + o), qp = V::load_aligned(sc.qposf.data() + o);
+      T* buf = sc.lanes.data();
+      for (std::size_t j = ja; j < jb; ++j) {
+        T* sj = s0 + (j - j0) * R;
+        if constexpr (score_t::has_post)
+          for (std::size_t w = 0; w < W; ++w) sj[w] = a.score.post(sj[w]);
+        if constexpr (alibi_fast) {
+          // -m_h (i - j) with i - j exact in T, as the scalar policy rounds it
+          V s = V::load_aligned(sj);
+          s = xsimd::fma(slope, V(T(j)) - qp, s);
+          s.store_aligned(sj);
+        } else if constexpr (bias_t::additive) {
+          (void)buf;
+          for (std::size_t w = 0; w < W; ++w) {
+            const std::size_t r = o + w;
+            if (sc.range[r].lo >= sc.range[r].hi) continue;
+            sj[w] += T(a.bias.value(
+                site{b, sc.head[r], p.heads, sc.qpos[r], std::ptrdiff_t(j), sc.qrow[r], p.tq, p.tk, causal}));
+          }
+        }
+      }
+    }
+    V m = V::load_aligned(sc.m.data() + o), l = V::load_aligned(sc.l.data() + o);
+    if constexpr (norm_t::tracks_max) {
+      const V ninf(math::neg_inf<T>());
+      V mx = ninf;
+      for (std::size_t j = ja; j < jb; ++j) {
+        V s = V::load_aligned(s0 + (j - j0) * R);
+        if (masked(j)) s = xsimd::select(visible(j), s, ninf);
+        mx = xsimd::max(mx, s);
+      }
+      const V mn = xsimd::max(m, mx);
+      // both -inf (nothing seen yet): keep the factor 1 rather than NaN
+      const V f = xsimd::select(mn == ninf, V(T(1)), xsimd::exp(m - mn));
+      if (xsimd::any(f != V(T(1)))) {
+        l *= f;
+        T* oc = sc.ot.data() + o;
+        for (std::size_t e = 0; e < dv; ++e) (V::load_aligned(oc + e * R) * f).store_aligned(oc + e * R);
+      }
+      m = mn;
+      m.store_aligned(sc.m.data() + o);
+    }
+    V sum(T(0));
+    const V zero(T(0));
+    for (std::size_t j = ja; j < jb; ++j) {
+      T* sj = s0 + (j - j0) * R;
+      const V s = V::load_aligned(sj);
+      V w, ms = zero;
+      if constexpr (vec_norm<norm_t>) {
+        norm_vec(a.norm, s, m, w, ms);
+      } else {
+        alignas(64) T wb[W], mb[W], mm[W];
+        m.store_aligned(mm);
+        for (std::size_t u = 0; u < W; ++u) {
+          wb[u] = a.norm.weight(sj[u], mm[u]);
+          mb[u] = norm_t::has_denominator ? a.norm.mass(sj[u], mm[u]) : T(0);
+        }
+        w = V::load_aligned(wb);
+        ms = V::load_aligned(mb);
+      }
+      if (masked(j)) {
+        const auto vis = visible(j);
+        w = xsimd::select(vis, w, zero);
+        if constexpr (norm_t::has_denominator) ms = xsimd::select(vis, ms, zero);
+      }
+      w.store_aligned(sj);
+      if constexpr (norm_t::has_denominator) sum += ms;
+    }
+    if constexpr (norm_t::has_denominator) (l + sum).store_aligned(sc.l.data() + o);
+  }
+
+  void write_stats(const scratch<T>& sc, std::size_t b, std::size_t r) const {
+    const std::size_t row = (b * p.heads + sc.head[r]) * p.tq + sc.qrow[r];
+    if (stats.max) stats.max[row] = sc.m[r];
+    if (stats.sum) stats.sum[row] = sc.l[r];
+  }
+
+  // ---- small kernel: rows row-major (decode, tiles thinner than a vector)
+  void small_tile(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, const T* keys, std::size_t kstride,
+                  const T* kstar) const {
     const std::size_t i1 = std::min(i0 + ni, p.tq);
     const std::size_t nr = (i1 - i0) * group, nrp = (nr + 3) / 4 * 4;
-    // Query rows: (position-major, head-minor) so key ranges stay monotone.
     for (std::size_t r = 0; r < nrp; ++r) {
       T* qr = sc.q.data() + r * df;
       T* ar = sc.acc.data() + r * dv;
       std::fill(ar, ar + dv, T(0));
       if (r >= nr) {
         std::fill(qr, qr + df, T(0));
-        sc.m[r] = T(0);
-        sc.l[r] = T(0);
+        sc.m[r] = sc.l[r] = T(0);
         sc.range[r] = {0, 0};
         continue;
       }
-      const std::size_t i = i0 + r / group, h = hk * group + r % group;
-      sc.head[r] = h;
-      sc.qrow[r] = i;
-      sc.qpos[r] = mask::detail::qpos(i, p.tq, p.tk);
-      sc.range[r] = a.mask.range(b, i, p.tq, p.tk);
-      const T* src = q.row(b, h, i);
-      T* x = sc.x.data();
-      std::copy(src, src + d, x);
-      a.pos.apply(x, d, sc.qpos[r], 1);
-      a.score.map(x, qr, d);
-      for (std::size_t e = 0; e < df; ++e) qr[e] *= c;
-      const row_init init = a.norm.init(h);
-      sc.m[r] = T(init.m);
-      sc.l[r] = T(init.l);
-      if constexpr (has_kv) {  // the bias key comes first; it sees no mask, no positions, no additive bias
-        T s = 0;
-        for (std::size_t e = 0; e < df; ++e) s += qr[e] * kstar[e];
-        s = a.score.post(s);
-        T mr = sc.m[r];
-        if constexpr (norm_t::tracks_max) {
-          const T mn = std::max(mr, s);
-          if (mn != mr) sc.l[r] *= math::exp(mr - mn);
-          mr = sc.m[r] = mn;
-        }
-        const T w = a.norm.weight(s, mr);
-        sc.l[r] += a.norm.mass(s, mr);
+      const row_init init = setup_row(sc, b, hk, i0, r, qr);
+      T m = T(init.m), l = T(init.l);
+      if constexpr (has_kv) {
+        const T w = bias_key(qr, kstar, m, l);
         for (std::size_t e = 0; e < dv; ++e) ar[e] = w * T(a.bias.vstar(hk, e, dv));
       }
+      sc.m[r] = m;
+      sc.l[r] = l;
     }
     const key_range first = sc.range[0], last = sc.range[nr - 1];
-    if (last.hi <= first.lo) return finish(sc, b, nr);
-    const std::size_t j_begin = first.lo / bk * bk;
-    for (std::size_t j0 = j_begin; j0 < last.hi; j0 += bk) {
-      const std::size_t nk = std::min(bk, p.tk - j0), nkp = (nk + 2 * W - 1) / (2 * W) * (2 * W);
-      const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
-      if (vis == tile_visibility::skip) continue;
-      // Transpose the key tile (df × bk), zero-padded past nk.
-      T* kt = sc.kt.data();
-      for (std::size_t jj = 0; jj < nk; ++jj) {
-        const T* kr = keys + (j0 + jj) * kstride;
-        for (std::size_t e = 0; e < df; ++e) kt[e * bk + jj] = kr[e];
-      }
-      for (std::size_t e = 0; e < df; ++e) std::fill(kt + e * bk + nk, kt + e * bk + nkp, T(0));
-      scores(sc.q.data(), kt, sc.s.data(), nrp, nkp, df, bk);
-      for (std::size_t r = 0; r < nrp; ++r) {
-        T* s = sc.s.data() + r * bk;
-        std::size_t c0 = 0, c1 = nk;
-        if (r >= nr) {
-          c1 = 0;
-        } else if (vis == tile_visibility::partial) {
-          const key_range kr = sc.range[r];
-          c0 = std::clamp(kr.lo, j0, j0 + nk) - j0;
-          c1 = std::clamp(kr.hi, j0, j0 + nk) - j0;
-          if (c1 < c0) c1 = c0;
-        }
-        if constexpr (score_t::has_post || bias_t::additive)
-          for (std::size_t jj = c0; jj < c1; ++jj) {
-            if constexpr (score_t::has_post) s[jj] = a.score.post(s[jj]);
-            if constexpr (bias_t::additive)
-              s[jj] += T(a.bias.value(site{b, sc.head[r], p.heads, sc.qpos[r], std::ptrdiff_t(j0 + jj), sc.qrow[r],
-                                           p.tq, p.tk, causal}));
+    if (last.hi > first.lo) {
+      for (std::size_t j0 = first.lo / bk * bk; j0 < last.hi; j0 += bk) {
+        const std::size_t nk = std::min(bk, p.tk - j0);
+        const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
+        if (vis == tile_visibility::skip) continue;
+        dots(sc.q.data(), df, nrp, keys + j0 * kstride, kstride, nk, sc.s.data(), bk);
+        for (std::size_t r = 0; r < nrp; ++r) {
+          T* s = sc.s.data() + r * bk;
+          std::size_t c0 = 0, c1 = nk;
+          if (r >= nr) {
+            c1 = 0;
+          } else if (vis == tile_visibility::partial) {
+            const key_range kr = sc.range[r];
+            c0 = std::clamp(kr.lo, j0, j0 + nk) - j0;
+            c1 = std::clamp(kr.hi, j0, j0 + nk) - j0;
+            if (c1 < c0) c1 = c0;
           }
-        update(sc, r, s, c0, c1, nkp);
+          if constexpr (score_t::has_post || bias_t::additive)
+            for (std::size_t jj = c0; jj < c1; ++jj) {
+              if constexpr (score_t::has_post) s[jj] = a.score.post(s[jj]);
+              if constexpr (bias_t::additive)
+                s[jj] += T(a.bias.value(site{b, sc.head[r], p.heads, sc.qpos[r], std::ptrdiff_t(j0 + jj),
+                                             sc.qrow[r], p.tq, p.tk, causal}));
+            }
+          update(sc, r, s, c0, c1, nk);
+        }
+        accumulate(sc.s.data(), bk, v.row(b, hk, j0), v.stride_t, nk, sc.acc.data(), nrp, dv);
       }
-      const T* vt = v.row(b, hk, j0);
-      accumulate(sc.s.data(), bk, vt, v.stride_t, nk, sc.acc.data(), nrp, dv);
     }
-    finish(sc, b, nr);
+    for (std::size_t r = 0; r < nr; ++r) {
+      const T f = a.norm.finish(sc.m[r], sc.l[r]);
+      const T* ar = sc.acc.data() + r * dv;
+      T* o = out.row(b, sc.head[r], sc.qrow[r]);
+      for (std::size_t e = 0; e < dv; ++e) o[e] = ar[e] * f;
+      write_stats(sc, b, r);
+    }
   }
 
   // Folds the visible scores s[c0, c1) of row r into its state; leaves the
-  // weights in s (zero outside [c0, c1), up to nkp).
-  void update(scratch<T>& sc, std::size_t r, T* s, std::size_t c0, std::size_t c1, std::size_t nkp) const {
+  // weights in s (zero outside [c0, c1), up to n).
+  void update(scratch<T>& sc, std::size_t r, T* s, std::size_t c0, std::size_t c1, std::size_t n) const {
     std::fill(s, s + c0, T(0));
-    std::fill(s + c1, s + nkp, T(0));
+    std::fill(s + c1, s + n, T(0));
     if (c1 == c0) return;
     T m = sc.m[r];
     if constexpr (norm_t::tracks_max) {
@@ -312,20 +689,7 @@ struct kernel {
       sc.l[r] = T(double(sc.l[r]) + l);
     }
   }
-
-  void finish(scratch<T>& sc, std::size_t b, std::size_t nr) const {
-    for (std::size_t r = 0; r < nr; ++r) {
-      const T f = a.norm.finish(sc.m[r], sc.l[r]);
-      const T* ar = sc.acc.data() + r * dv;
-      T* o = out.row(b, sc.head[r], sc.qrow[r]);
-      for (std::size_t e = 0; e < dv; ++e) o[e] = ar[e] * f;
-      const std::size_t row = (b * p.heads + sc.head[r]) * p.tq + sc.qrow[r];
-      if (stats.max) stats.max[row] = sc.m[r];
-      if (stats.sum) stats.sum[row] = sc.l[r];
-    }
-  }
 };
-
 
 // Runs the double kernel on float operands (copies; O(tokens · dim) memory).
 template <class A>
@@ -350,10 +714,19 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
   using K = cpu_detail::kernel<A, T>;
   constexpr std::size_t W = cpu_detail::simd<T>::size;
   const std::size_t d = p.dim, dv = p.vdim, df = a.score.feature_dim(d), group = p.heads / p.kv_heads;
-  const std::size_t bk = std::max<std::size_t>(2 * W, (opt.key_tile + 2 * W - 1) / (2 * W) * (2 * W));
-  const std::size_t ni = std::max<std::size_t>(1, std::min(p.tq, opt.query_tile / group));
-  const std::size_t rows = (ni * group + 3) / 4 * 4;
-  K kern{a, opt, q, k, v, out, stats, p, d, dv, df, group, ni, rows, bk, T(a.score.scale(d)), a.mask.is_causal()};
+  const std::size_t bk = std::max<std::size_t>(1, opt.key_tile);
+  // Tiles thinner than one vector of rows (decode) go to the row-major kernel.
+  const bool wide = p.tq * group >= W;
+  std::size_t ni, rows;
+  if (wide) {
+    const std::size_t want = std::max(W, (opt.query_tile + W - 1) / W * W);
+    ni = std::max<std::size_t>(1, std::min(p.tq, want / group));
+    rows = (ni * group + W - 1) / W * W;
+  } else {
+    ni = std::max<std::size_t>(1, std::min(p.tq, opt.query_tile / group));
+    rows = (ni * group + 3) / 4 * 4;
+  }
+  K kern{a, q, k, v, out, stats, p, d, dv, df, group, ni, rows, bk, T(a.score.scale(d)), a.mask.is_causal()};
 
   const bool prep = a.pos.rotates() || A::score_type::maps_features;
   const std::size_t pairs = p.batch * p.kv_heads, qtiles = (p.tq + ni - 1) / ni;
@@ -372,7 +745,8 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
   }
   tbb::enumerable_thread_specific<cpu_detail::scratch<T>> scratch([&] {
     cpu_detail::scratch<T> s;
-    s.reserve(rows, bk, df, dv, std::max(d, df));
+    if (wide) s.reserve_wide(rows, bk, df, dv, std::max(d, df));
+    else s.reserve_small(rows, bk, df, dv, std::max(d, df));
     return s;
   });
   for (std::size_t c0 = 0; c0 < pairs; c0 += chunk) {
@@ -391,11 +765,15 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, (c1 - c0) * qtiles, 1), [&](const auto& rg) {
       auto& sc = scratch.local();
       for (std::size_t t = rg.begin(); t != rg.end(); ++t) {
-        const std::size_t pr = c0 + t / qtiles, qt = t % qtiles;
+        // Last query tiles first: under a causal mask they see the most keys,
+        // and starting the longest tasks first keeps the threads' ends even.
+        const std::size_t pr = c0 + t / qtiles, qt = qtiles - 1 - t % qtiles;
         const std::size_t b = pr / p.kv_heads, hk = pr % p.kv_heads;
         const T* keys = prep ? kbuf.data() + (pr - c0) * per_pair : k.row(b, hk, 0);
         const std::size_t kstride = prep ? df : k.stride_t;
-        kern.tile(sc, b, hk, qt * ni, keys, kstride, K::has_kv ? kstar.data() + pr * df : nullptr);
+        const T* ks = K::has_kv ? kstar.data() + pr * df : nullptr;
+        if (wide) kern.wide_tile(sc, b, hk, qt * ni, keys, kstride, ks);
+        else kern.small_tile(sc, b, hk, qt * ni, keys, kstride, ks);
       }
     });
   }
