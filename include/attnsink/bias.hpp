@@ -7,6 +7,14 @@
 //   T value(const site&)              // when additive
 //   double kstar(kv_head, c), vstar(kv_head, c)   // when has_kv
 //   void check(const problem&)
+//
+// Backward: an additive bias whose value reads a learnable array says which
+// element through param_index(site) (-1: nothing learnable there); since
+// value(site) = param[param_index(site)], d param[idx] = Σ dS over the sites
+// that read idx. param_count(problem) is that array's length. The key/value
+// bias's gradients (DESIGN §2, with u* = c·map(q_i)·map(k*), s* = post(u*)):
+//   d map(k*) = Σ_i post'(u*_i) dS_i* · c map(q_i),   dv* = Σ_i p_i* dO_i,
+// summed over batch, rows and the query heads sharing the kv head.
 #pragma once
 
 #include <concepts>
@@ -26,6 +34,13 @@ concept bias_policy = std::same_as<typename B::axis, axis::bias> && requires(con
   b.check(p);
 };
 
+// A bias the backward passes can differentiate (see the top of this file).
+template <class B>
+concept differentiable_bias = bias_policy<B> && requires(const B& b, const site& s, const problem& p) {
+  { b.param_index(s) } -> std::convertible_to<std::ptrdiff_t>;
+  { b.param_count(p) } -> std::convertible_to<std::size_t>;
+};
+
 namespace bias {
 
 struct none {
@@ -34,6 +49,8 @@ struct none {
   static constexpr bool additive = false;
   static constexpr bool has_kv = false;
   ATTNSINK_HD double value(const site&) const { return 0.0; }
+  ATTNSINK_HD std::ptrdiff_t param_index(const site&) const { return -1; }
+  std::size_t param_count(const problem&) const { return 0; }
   void check(const problem&) const {}
 };
 
@@ -48,6 +65,9 @@ struct alibi {
     return math::pow(2.0, -max_bias * double(h + 1) / double(heads));
   }
   ATTNSINK_HD double value(const site& s) const { return -slope(s.head, s.heads) * double(s.qpos - s.kpos); }
+  // fixed slopes: nothing to learn
+  ATTNSINK_HD std::ptrdiff_t param_index(const site&) const { return -1; }
+  std::size_t param_count(const problem&) const { return 0; }
   void check(const problem&) const {
     if (!(max_bias > 0) || !math::isfinite(max_bias)) throw value_error("bias.max_bias", "expected a finite value > 0");
   }
@@ -88,6 +108,11 @@ struct t5_relative {
     const std::size_t b = bucket(s.qpos, s.kpos, s.causal);
     return table.empty() ? double(b) : table[s.head * buckets + b];
   }
+  // d g_h(bucket) = Σ dS over the sites in that bucket; the fixed form learns nothing
+  ATTNSINK_HD std::ptrdiff_t param_index(const site& s) const {
+    return table.empty() ? -1 : std::ptrdiff_t(s.head * buckets + bucket(s.qpos, s.kpos, s.causal));
+  }
+  std::size_t param_count(const problem& p) const { return table.empty() ? 0 : p.heads * buckets; }
   void check(const problem& p) const {
     if (buckets < 4) throw value_error("bias.buckets", "expected at least 4 buckets");
     if (max_distance <= buckets / 2) throw value_error("bias.max_distance", "expected more than buckets/2");
@@ -108,6 +133,10 @@ struct kv_bias {
   double vconst = 0.0;
 
   ATTNSINK_HD double value(const site&) const { return 0.0; }
+  ATTNSINK_HD std::ptrdiff_t param_index(const site&) const { return -1; }
+  std::size_t param_count(const problem&) const { return 0; }
+  // v* is learnable only when given as an array; the constant has no gradient
+  ATTNSINK_HD bool learns_vstar() const { return !v.empty(); }
   ATTNSINK_HD double kstar(std::size_t hk, std::size_t c, std::size_t d) const { return k[hk * d + c]; }
   ATTNSINK_HD double vstar(std::size_t hk, std::size_t c, std::size_t dv) const {
     return v.empty() ? vconst : v[hk * dv + c];
@@ -127,7 +156,13 @@ struct tensor {
   static constexpr bool has_kv = false;
   param_ref b;
   ATTNSINK_HD double value(const site& s) const {
-    return b[((s.batch * s.heads + s.head) * s.tq + s.qrow) * s.tk + std::size_t(s.kpos)];
+    return b[index(s)];
+  }
+  // dB_ij = dS_ij
+  ATTNSINK_HD std::ptrdiff_t param_index(const site& s) const { return std::ptrdiff_t(index(s)); }
+  std::size_t param_count(const problem& p) const { return p.batch * p.heads * p.tq * p.tk; }
+  ATTNSINK_HD std::size_t index(const site& s) const {
+    return ((s.batch * s.heads + s.head) * s.tq + s.qrow) * s.tk + std::size_t(s.kpos);
   }
   void check(const problem& p) const {
     b.check("bias", p.batch * p.heads * p.tq * p.tk);

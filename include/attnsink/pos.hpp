@@ -42,7 +42,9 @@ struct nope {
 //   x'_c       = x_c cos(pθ_c) - x_{c+d/2} sin(pθ_c)
 //   x'_{c+d/2} = x_{c+d/2} cos(pθ_c) + x_c sin(pθ_c)
 // at position p (0-based). The angle is formed in double so that long
-// sequences keep float accuracy. Backward rotates by -pθ_c (sign = -1).
+// sequences keep float accuracy. Backward rotates by -pθ_c (sign = -1): the
+// rotation is orthogonal, so its transpose (what the chain rule applies to the
+// gradient of the rotated vector) is the inverse rotation.
 struct rope {
   using axis = axis::pos;
   static constexpr const char* name = "rope";

@@ -10,6 +10,14 @@
 //   T post(T s), T post_derivative(T s)    // applied to c · map(q)·map(k)
 //   void check(const problem&)             // throws for bad parameters
 // map() is applied after the positional transform; post() before any bias.
+//
+// Backward (a differentiable_score adds, beside each forward member):
+//   std::size_t param_count(d)            // learnable map weights (0: none)
+//   void map_backward(x, dphi, dx, d, dparams)
+//       dx = (d map / d x)ᵀ · dphi at x; adds d map / d weights into
+//       dparams[0..param_count) when dparams is not null
+// and post_derivative(u) above. With u = c·map(q)·map(k) and s = post(u),
+//   d map(q_i) = c Σ_j post'(u_ij) dS_ij map(k_j), d map(k_j) likewise.
 #pragma once
 
 #include <concepts>
@@ -37,6 +45,15 @@ concept score_policy = std::same_as<typename S::axis, axis::score> && requires(c
   s.check(p);
 };
 
+// A score the backward passes can differentiate (see the top of this file).
+template <class S>
+concept differentiable_score = score_policy<S> && requires(const S& s, const float* xf, float* of, const double* xd,
+                                                          double* od, std::size_t d) {
+  { s.param_count(d) } -> std::convertible_to<std::size_t>;
+  s.map_backward(xf, xf, of, d, od);
+  s.map_backward(xd, xd, od, d, od);
+};
+
 namespace score {
 
 // s = c q·k, c = 1/sqrt(d) unless `factor` is set (> 0).
@@ -55,6 +72,11 @@ struct scaled_dot {
   template <class T> ATTNSINK_HD T post(T s) const { return s; }
   // d post / d s = 1
   template <class T> ATTNSINK_HD T post_derivative(T) const { return T(1); }
+  ATTNSINK_HD std::size_t param_count(std::size_t) const { return 0; }
+  // map is the identity: dx = dphi
+  template <class T> ATTNSINK_HD void map_backward(const T*, const T* dphi, T* dx, std::size_t d, double*) const {
+    for (std::size_t c = 0; c < d; ++c) dx[c] = dphi[c];
+  }
   void check(const problem&) const {
     if (!(factor >= 0) || !math::isfinite(factor)) throw value_error("score.factor", "expected a finite value >= 0");
   }
@@ -79,6 +101,10 @@ struct softcap {
     const T t = math::tanh(inner.post(s) / T(cap));
     return (T(1) - t * t) * inner.post_derivative(s);
   }
+  ATTNSINK_HD std::size_t param_count(std::size_t d) const { return inner.param_count(d); }
+  template <class T> ATTNSINK_HD void map_backward(const T* x, const T* dphi, T* dx, std::size_t d, double* dp) const {
+    inner.map_backward(x, dphi, dx, d, dp);
+  }
   void check(const problem& p) const {
     inner.check(p);
     if (!(cap > 0) || !math::isfinite(cap)) throw value_error("score.cap", "expected a finite value > 0");
@@ -102,6 +128,11 @@ struct kernel {
   ATTNSINK_HD double scale(std::size_t d) const { return scaled ? 1.0 / math::sqrt(double(d)) : 1.0; }
   template <class T> ATTNSINK_HD T post(T s) const { return s; }
   template <class T> ATTNSINK_HD T post_derivative(T) const { return T(1); }
+  ATTNSINK_HD std::size_t param_count(std::size_t) const { return 0; }
+  // out_c = φ(x_c): dx_c = φ'(x_c) dphi_c
+  template <class T> ATTNSINK_HD void map_backward(const T* x, const T* dphi, T* dx, std::size_t d, double*) const {
+    for (std::size_t c = 0; c < d; ++c) dx[c] = Phi::derivative(x[c]) * dphi[c];
+  }
   void check(const problem&) const {}
 };
 
@@ -134,6 +165,37 @@ struct mlp_kernel {
   ATTNSINK_HD double scale(std::size_t) const { return scaled ? 1.0 / math::sqrt(double(features)) : 1.0; }
   template <class T> ATTNSINK_HD T post(T s) const { return s; }
   template <class T> ATTNSINK_HD T post_derivative(T) const { return T(1); }
+  // dparams: dW1 (hidden × d) then dW2 (features × hidden), the layout of w1, w2.
+  ATTNSINK_HD std::size_t param_count(std::size_t d) const { return hidden * d + features * hidden; }
+  template <class T> ATTNSINK_HD void map_backward(const T* x, const T* dphi, T* dx, std::size_t d, double* dp) const {
+    double a[max_hidden], da[max_hidden];
+    // a = W1 x; h = relu(a)
+    for (std::size_t r = 0; r < hidden; ++r) {
+      double acc = 0;
+      for (std::size_t c = 0; c < d; ++c) acc += w1[r * d + c] * double(x[c]);
+      a[r] = acc;
+      da[r] = 0;
+    }
+    // out = W2 h: dW2 += dphi ⊗ h, dh = W2ᵀ dphi
+    for (std::size_t r = 0; r < features; ++r) {
+      const double g = double(dphi[r]);
+      for (std::size_t c = 0; c < hidden; ++c) {
+        const double h = a[c] > 0 ? a[c] : 0;
+        if (dp) dp[hidden * d + r * hidden + c] += g * h;
+        da[c] += w2[r * hidden + c] * g;
+      }
+    }
+    // h = relu(a): da = dh ⊙ 1[a > 0]; a = W1 x: dW1 += da ⊗ x, dx = W1ᵀ da
+    for (std::size_t r = 0; r < hidden; ++r) da[r] = a[r] > 0 ? da[r] : 0;
+    if (dp)
+      for (std::size_t r = 0; r < hidden; ++r)
+        for (std::size_t c = 0; c < d; ++c) dp[r * d + c] += da[r] * double(x[c]);
+    for (std::size_t c = 0; c < d; ++c) {
+      double acc = 0;
+      for (std::size_t r = 0; r < hidden; ++r) acc += w1[r * d + c] * da[r];
+      dx[c] = T(acc);
+    }
+  }
   void check(const problem& p) const {
     const std::size_t d = p.dim;
     if (hidden == 0 || hidden > max_hidden)
