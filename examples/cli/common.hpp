@@ -138,5 +138,6 @@ inline variants::settings read_settings(const args& a, std::map<std::string, par
 // Subcommands, each in its own translation unit (cmd_*.cpp).
 int cmd_list(int argc, char** argv);
 int cmd_run(int argc, char** argv);
+int cmd_metrics(int argc, char** argv);
 
 }  // namespace attnsink::cli

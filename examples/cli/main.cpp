@@ -20,13 +20,21 @@ const char* usage =
     "               [--mask causal|none|window:W|prefix:P] [--backend reference|cpu] [--rope] [--rope-base B]\n"
     "               [--sink s.npy] [--kstar k.npy] [--vstar v.npy] [--t5-table t.npy]\n"
     "               [--alpha A] [--cap C] [--sigmoid-bias B] [--lse l.npy] [--stats s.npy] [--probs p.npy]\n"
+    "  attnsink metrics --variant NAME --q q.npy --k k.npy [--mask ...] [--rope] [variant flags as for run]\n"
+    "               [--eps 0.3] [--k-index 1] [--raw]\n"
+    "  attnsink metrics --probs a.npy [--eps 0.3] [--k-index 1] [--proxy none|nonnegative|absolute]\n"
     "  (any command) [--threads N]\n"
     "\n"
     "Tensors are float32 or float64 .npy, shaped (batch, heads, tokens, head_dim); k and v may have fewer\n"
     "heads (grouped-query attention). Outputs keep q's dtype. The reference backend computes in float64,\n"
     "the cpu backend in float32. --lse writes (batch, heads, tokens) m + log l; --stats (batch, heads,\n"
     "tokens, 2) the row state [m, l]; --probs (reference only) the weights (batch, heads, tokens, keys),\n"
-    "with the kv_bias key, when there is one, at index 0.\n";
+    "with the kv_bias key, when there is one, at index 0.\n"
+    "metrics prints JSON: alpha_k per (layer, head) averaged over samples and Sink_k^eps (the share of\n"
+    "(sample, layer, head) with alpha_k > eps); streamed from q, k (samples, heads, T, d) without a T x T\n"
+    "buffer, or read from weights (samples, heads, T, T) or (layers, samples, heads, T, T); a last extent\n"
+    "of T + 1 holds a kv-bias key at index 0 (alpha_bias, sink_rate_bias = Sink*). Variants whose weights\n"
+    "do not sum to one are read through the paper's proxy unless --raw.\n";
 
 struct command {
   const char* name;
@@ -35,6 +43,7 @@ struct command {
 const command commands[] = {
     {"list", attnsink::cli::cmd_list},
     {"run", attnsink::cli::cmd_run},
+    {"metrics", attnsink::cli::cmd_metrics},
 };
 
 }  // namespace
