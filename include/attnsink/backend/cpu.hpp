@@ -74,11 +74,19 @@ struct blocking {
   static constexpr std::size_t MR = std::is_base_of_v<xsimd::avx512f, typename simd<T>::arch_type> ? 6 : 3;
 };
 
-// C[i][v·W, v·W + W) (+)= Σ_{k<K} A[i·ais + k·aks] · B[k·ldb + v·W, ... + W) for i < M, v < V.
-// B and C rows are SIMD-aligned.
-template <std::size_t M, std::size_t V, bool Add, class T>
+// Leaves a block's results as they are.
+struct no_epilogue {
+  template <class X>
+  X operator()(const X& x) const {
+    return x;
+  }
+};
+
+// C[i][v·W, v·W + W) (+)= Σ_{k<K} A[i·ais + k·aks] · B[k·ldb + v·W, ... + W) for i < M, v < V,
+// each result vector passed through epi before it is stored. B and C rows are SIMD-aligned.
+template <std::size_t M, std::size_t V, bool Add, class T, class E>
 inline void block(const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb, std::size_t K, T* c,
-                  std::size_t ldc) {
+                  std::size_t ldc, const E& epi) {
   constexpr std::size_t W = simd<T>::size;
   simd<T> acc[M][V];
 #pragma GCC unroll 8
@@ -102,38 +110,38 @@ inline void block(const T* a, std::size_t ais, std::size_t aks, const T* b, std:
 #pragma GCC unroll 8
   for (std::size_t i = 0; i < M; ++i)
 #pragma GCC unroll 8
-    for (std::size_t v = 0; v < V; ++v) acc[i][v].store_aligned(c + i * ldc + v * W);
+    for (std::size_t v = 0; v < V; ++v) epi(acc[i][v]).store_aligned(c + i * ldc + v * W);
 }
 
-template <std::size_t M, std::size_t V, bool Add, class T>
+template <std::size_t M, std::size_t V, bool Add, class T, class E>
 inline void block_tail(std::size_t m, const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb,
-                       std::size_t K, T* c, std::size_t ldc) {
-  if (m == M) return block<M, V, Add>(a, ais, aks, b, ldb, K, c, ldc);
-  if constexpr (M > 1) block_tail<M - 1, V, Add>(m, a, ais, aks, b, ldb, K, c, ldc);
+                       std::size_t K, T* c, std::size_t ldc, const E& epi) {
+  if (m == M) return block<M, V, Add>(a, ais, aks, b, ldb, K, c, ldc, epi);
+  if constexpr (M > 1) block_tail<M - 1, V, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi);
 }
 
-template <std::size_t V, bool Add, class T>
+template <std::size_t V, bool Add, class T, class E>
 inline void gemm_v(std::size_t m, const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb,
-                   std::size_t K, T* c, std::size_t ldc) {
+                   std::size_t K, T* c, std::size_t ldc, const E& epi) {
   constexpr std::size_t MR = blocking<T>::MR;
   std::size_t i = 0;
-  for (; i + MR <= m; i += MR) block<MR, V, Add>(a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc);
-  if (i < m) block_tail<MR - 1, V, Add>(m - i, a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc);
+  for (; i + MR <= m; i += MR) block<MR, V, Add>(a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
+  if (i < m) block_tail<MR - 1, V, Add>(m - i, a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
 }
 
-// C (m × nv vectors) (+)= A (m × K, strides ais, aks) · B (K × nv vectors).
-template <bool Add, class T>
+// C (m × nv vectors) (+)= A (m × K, strides ais, aks) · B (K × nv vectors), results through epi.
+template <bool Add, class T, class E = no_epilogue>
 inline void gemm(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std::size_t aks, const T* b,
-                 std::size_t ldb, std::size_t K, T* c, std::size_t ldc) {
+                 std::size_t ldb, std::size_t K, T* c, std::size_t ldc, const E& epi = {}) {
   constexpr std::size_t W = simd<T>::size, NV = blocking<T>::NV;
   for (std::size_t v0 = 0; v0 < nv; v0 += NV) {
     const T* bb = b + v0 * W;
     T* cc = c + v0 * W;
     switch (std::min(NV, nv - v0)) {
-      case 1: gemm_v<1, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc); break;
-      case 2: gemm_v<2, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc); break;
-      case 3: gemm_v<3, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc); break;
-      default: gemm_v<4, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc); break;
+      case 1: gemm_v<1, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
+      case 2: gemm_v<2, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
+      case 3: gemm_v<3, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
+      default: gemm_v<4, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
     }
   }
 }
@@ -154,8 +162,14 @@ inline simd<T> apply_fn(const simd<T>& x) {
   } else if constexpr (std::is_same_v<F, fn::elu_plus_one>) {
     // exp of a large positive lane may overflow to inf; that lane takes x + 1
     return xsimd::select(x > simd<T>(T(0)), x + simd<T>(T(1)), xsimd::exp(x));
+  } else if constexpr (std::is_same_v<T, float>) {
+    // 1/(1 + e^{-x}) with the hardware reciprocal estimate and one Newton step
+    // (a division costs several times more). Clamping -x at 80 keeps y finite
+    // and its reciprocal normal; σ(x) for x < -80 is below 2e-35 either way.
+    const simd<T> y = simd<T>(T(1)) + xsimd::exp(xsimd::min(-x, simd<T>(T(80))));
+    const simd<T> r = xsimd::reciprocal(y);
+    return r * xsimd::fnma(y, r, simd<T>(T(2)));
   } else {
-    // 1/(1 + e^{-x}) is relatively accurate on both sides (e^{-x} → inf gives 0)
     return simd<T>(T(1)) / (simd<T>(T(1)) + xsimd::exp(-x));
   }
 }
@@ -167,6 +181,15 @@ struct normalized_fn {
 template <class F>
 struct normalized_fn<norm::normalized<F>> {
   using type = F;
+};
+
+template <class S>
+struct kernel_phi {
+  using type = void;
+};
+template <class Phi>
+struct kernel_phi<score::kernel<Phi>> {
+  using type = Phi;
 };
 
 // Which normalizations have a vector weight/mass here.
@@ -369,6 +392,11 @@ struct kernel {
   static constexpr bool has_kv = bias_t::has_kv;
   static constexpr bool exp_fast = std::is_base_of_v<norm::exp_family, norm_t>;
   static constexpr bool alibi_fast = std::is_same_v<bias_t, bias::alibi>;
+  // Weights that need no row state (sigmoid, elu+1, identity) are formed in
+  // the score block's registers as it is stored, saving a pass over Sᵀ;
+  // normalize() then only zeroes masked lanes.
+  static constexpr bool fused = vec_norm<norm_t> && !norm_t::tracks_max && !norm_t::has_denominator &&
+                                !score_t::has_post && !bias_t::additive;
   static constexpr std::size_t W = simd<T>::size;
 
   const A& a;
@@ -379,6 +407,18 @@ struct kernel {
   std::size_t d, dv, df, group, ni, rows, bk;
   T c;
   bool causal;
+
+  // The score's feature map of one (rotated) q or k row.
+  void features(const T* x, T* out) const {
+    using phi = typename kernel_phi<score_t>::type;
+    if constexpr (!std::is_void_v<phi> && vec_fn<phi>) {
+      std::size_t e = 0;
+      for (; e + W <= d; e += W) apply_fn<phi, T>(simd<T>::load_unaligned(x + e)).store_unaligned(out + e);
+      for (; e < d; ++e) out[e] = phi::value(x[e]);
+    } else {
+      a.score.map(x, out, d);
+    }
+  }
 
   // Row r of a tile at query position i0: its head, position and key range;
   // writes the scaled query features to feat (df) and returns the row's initial (m, l).
@@ -392,7 +432,7 @@ struct kernel {
     const T* src = q.row(b, h, i);
     std::copy(src, src + d, x);
     a.pos.apply(x, d, sc.qpos[r], 1);
-    a.score.map(x, feat, d);
+    features(x, feat);
     for (std::size_t e = 0; e < df; ++e) feat[e] *= c;
     return a.norm.init(h);
   }
@@ -484,8 +524,18 @@ struct kernel {
       if (ns == 0) continue;
       for (std::size_t u = 0; u < ns; ++u) {
         const segment& sg = seg[u];
-        gemm<false>(sg.hi - sg.lo, sg.g1 - sg.g0, keys + sg.lo * kstride, kstride, 1, qt + sg.g0 * W, R, df,
-                    st + (sg.lo - j0) * R + sg.g0 * W, R);
+        T* sout = st + (sg.lo - j0) * R + sg.g0 * W;
+        const T* kin = keys + sg.lo * kstride;
+        if constexpr (fused) {
+          const auto weigh = [this](const simd<T>& x) {
+            simd<T> w, unused;
+            norm_vec(a.norm, x, x, w, unused);
+            return w;
+          };
+          gemm<false>(sg.hi - sg.lo, sg.g1 - sg.g0, kin, kstride, 1, qt + sg.g0 * W, R, df, sout, R, weigh);
+        } else {
+          gemm<false>(sg.hi - sg.lo, sg.g1 - sg.g0, kin, kstride, 1, qt + sg.g0 * W, R, df, sout, R);
+        }
       }
       for (std::size_t g = 0; g < nvc; ++g) {
         const std::size_t ja = std::max(j0, span_lo[g]), jb = std::min(j1, span_hi[g]);
@@ -562,8 +612,16 @@ struct kernel {
       m = mn;
       m.store_aligned(sc.m.data() + o);
     }
-    V sum(T(0));
     const V zero(T(0));
+    if constexpr (fused) {
+      for (std::size_t j = ja; j < jb; ++j)
+        if (masked(j)) {
+          T* sj = s0 + (j - j0) * R;
+          xsimd::select(visible(j), V::load_aligned(sj), zero).store_aligned(sj);
+        }
+      return;
+    }
+    V sum(T(0));
     for (std::size_t j = ja; j < jb; ++j) {
       T* sj = s0 + (j - j0) * R;
       const V s = V::load_aligned(sj);
@@ -759,7 +817,7 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
           const T* src = k.row(pr / p.kv_heads, pr % p.kv_heads, j);
           std::copy(src, src + d, x.begin());
           a.pos.apply(x.data(), d, std::ptrdiff_t(j), 1);
-          a.score.map(x.data(), kbuf.data() + idx * df, d);
+          kern.features(x.data(), kbuf.data() + idx * df);
         }
       });
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, (c1 - c0) * qtiles, 1), [&](const auto& rg) {

@@ -1,0 +1,403 @@
+// attnsink_bench, forward part: this machine's fp32 FMA peak and copy
+// bandwidth, the fused CPU forward for every benchmarked variant, the naive
+// xtensor route, decode bandwidth, and peak memory at T = 32768.
+//
+// Counters: GFLOPS (forward FLOPs = 4·B·H·d · visible (query, key) pairs, so
+// a causal mask halves it and a window counts its band), peak_frac (GFLOPS
+// over BM_fma_peak's GFLOPS in the same process), GB_s and copy_frac for
+// decode. Times are wall-clock; threads = ATTNSINK_BENCH_THREADS or every
+// hardware thread.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/resource.h>
+#include <time.h>
+
+#include <tbb/global_control.h>
+#include <tbb/parallel_for.h>
+#include <xsimd/xsimd.hpp>
+
+#include <attnsink/cpu.hpp>
+#include <attnsink/variants.hpp>
+
+#ifdef ATTNSINK_BENCH_XTENSOR_BLAS
+#include <xtensor-blas/xlinalg.hpp>
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xmath.hpp>
+#include <xtensor/xreducer.hpp>
+#include <xtensor/xtensor.hpp>
+#endif
+
+namespace {
+
+using namespace attnsink;
+using clock_type = std::chrono::steady_clock;
+
+std::size_t bench_threads() {
+  if (const char* s = std::getenv("ATTNSINK_BENCH_THREADS"); s && std::atoi(s) > 0) return std::size_t(std::atoi(s));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Caps TBB (our forward) at the benchmark's thread count for the whole process.
+const tbb::global_control& thread_cap() {
+  static const tbb::global_control cap(tbb::global_control::max_allowed_parallelism, bench_threads());
+  return cap;
+}
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+// CPU seconds of the whole process (every thread): GFLOPS per CPU-second is
+// what the kernel does while it runs, which other load on the machine hardly
+// changes; wall-clock GFLOPS is the headline number.
+double process_cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+// ---- the machine: FMA peak and copy bandwidth
+
+// GFLOP/s of `threads` threads each running independent chains of vector FMAs
+// at the SIMD width this binary's kernels use. 12 chains cover latency × ports
+// (4 × 2) on current x86 cores with room to spare, and fit 16 registers.
+// cpu_gflops, when given, receives the same per CPU-second of each thread, summed.
+double fma_gflops(std::size_t threads, std::size_t iters, double* cpu_gflops = nullptr) {
+  using V = xsimd::batch<float>;
+  constexpr std::size_t chains = 12;
+  std::atomic<std::size_t> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<float> sink(threads);
+  std::vector<double> cpu(threads);
+  const double flops_per_thread = 2.0 * double(V::size) * chains * double(iters);
+  std::vector<std::thread> pool;
+  for (std::size_t t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      V acc[chains];
+      for (std::size_t c = 0; c < chains; ++c) acc[c] = V(float(c + t) * 1e-3f);
+      const V mul(0.9999999f), add(1e-7f);
+      ready.fetch_add(1);
+      while (!go.load()) {
+      }
+      timespec c0{}, c1{};
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+      for (std::size_t i = 0; i < iters; ++i)
+#pragma GCC unroll 12
+        for (std::size_t c = 0; c < chains; ++c) acc[c] = xsimd::fma(acc[c], mul, add);
+      V s(0.f);
+      for (std::size_t c = 0; c < chains; ++c) s += acc[c];
+      sink[t] = xsimd::hadd(s);
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+      cpu[t] = double(c1.tv_sec - c0.tv_sec) + 1e-9 * double(c1.tv_nsec - c0.tv_nsec);
+    });
+  while (ready.load() < threads) {
+  }
+  const auto t0 = clock_type::now();
+  go.store(true);
+  for (auto& th : pool) th.join();
+  const double s = seconds_since(t0);
+  benchmark::DoNotOptimize(sink.data());
+  if (cpu_gflops) {
+    *cpu_gflops = 0;
+    for (double c : cpu) *cpu_gflops += flops_per_thread / c * 1e-9;
+  }
+  return flops_per_thread * double(threads) / s * 1e-9;
+}
+
+double g_peak = 0;  // the best BM_fma_peak reading of this process
+
+double peak_gflops() {
+  if (g_peak == 0) g_peak = fma_gflops(bench_threads(), 20'000'000);
+  return g_peak;
+}
+
+void BM_fma_peak(benchmark::State& state) {
+  double best = 0, best_cpu = 0;
+  for (auto _ : state) {
+    double c = 0;
+    best = std::max(best, fma_gflops(bench_threads(), 20'000'000, &c));
+    best_cpu = std::max(best_cpu, c);
+  }
+  g_peak = std::max(g_peak, best);
+  state.counters["GFLOPS"] = best;
+  state.counters["cpu_GFLOPS"] = best_cpu;
+  state.counters["threads"] = double(bench_threads());
+  state.counters["simd_width"] = double(xsimd::batch<float>::size);
+}
+
+// Copy bandwidth over `bytes` (STREAM convention: read + written bytes per second).
+std::map<std::size_t, double> g_copy;
+
+double copy_gbs(std::size_t bytes, int reps) {
+  const std::size_t n = bytes / sizeof(float);
+  std::vector<float> src(n, 1.0f), dst(n, 0.0f);
+  const std::size_t parts = bench_threads();
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = clock_type::now();
+    tbb::parallel_for(std::size_t(0), parts, [&](std::size_t p) {
+      const std::size_t a = n * p / parts, b = n * (p + 1) / parts;
+      std::memcpy(dst.data() + a, src.data() + a, (b - a) * sizeof(float));
+    });
+    best = std::max(best, 2.0 * double(bytes) / seconds_since(t0) * 1e-9);
+  }
+  benchmark::DoNotOptimize(dst.data());
+  return best;
+}
+
+// ---- inputs
+
+// Uniform in [-sqrt(3), sqrt(3)) (unit variance) from a counter hash: fast
+// enough for the 512 MiB of operands the memory case needs.
+void fill(std::vector<float>& x, std::uint64_t seed) {
+  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, x.size(), 1 << 16), [&](const auto& rg) {
+    for (std::size_t i = rg.begin(); i != rg.end(); ++i) {
+      std::uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      z ^= z >> 31;
+      x[i] = (float(z >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * 1.7320508f;
+    }
+  });
+}
+
+struct operands {
+  std::size_t heads, kv_heads, tq, tk, d;
+  std::vector<float> q, k, v, o, sink, kstar, vstar;
+  operands(std::size_t h, std::size_t hk, std::size_t tq_, std::size_t tk_, std::size_t d_)
+      : heads(h), kv_heads(hk), tq(tq_), tk(tk_), d(d_), q(h * tq_ * d_), k(hk * tk_ * d_), v(hk * tk_ * d_),
+        o(h * tq_ * d_), sink(h), kstar(hk * d_), vstar(hk * d_) {
+    fill(q, 1);
+    fill(k, 2);
+    fill(v, 3);
+    fill(sink, 4);
+    fill(kstar, 5);
+    fill(vstar, 6);
+  }
+  tensor4<const float> Q() const { return {q.data(), 1, heads, tq, d}; }
+  tensor4<const float> K() const { return {k.data(), 1, kv_heads, tk, d}; }
+  tensor4<const float> V() const { return {v.data(), 1, kv_heads, tk, d}; }
+  tensor4<float> O() { return {o.data(), 1, heads, tq, d}; }
+  variants::settings settings(mask::dynamic m) const {
+    variants::settings s;
+    s.rope.enabled = false;
+    s.mask = m;
+    s.sink = param_ref(sink.data(), sink.size());
+    s.kstar = param_ref(kstar.data(), kstar.size());
+    s.vstar = param_ref(vstar.data(), vstar.size());
+    return s;
+  }
+};
+
+// 4·H·d per visible (query, key) pair.
+double forward_flops(const operands& x, const mask::dynamic& m) {
+  double pairs = 0;
+  for (std::size_t i = 0; i < x.tq; ++i) {
+    const key_range r = m.range(0, i, x.tq, x.tk);
+    pairs += double(r.hi - r.lo);
+  }
+  return 4.0 * double(x.heads) * double(x.d) * pairs;
+}
+
+// ---- our forward, per variant
+
+// The backend's tile options; ATTNSINK_BENCH_QTILE / ATTNSINK_BENCH_KTILE override them (tuning).
+backend::cpu bench_backend() {
+  backend::cpu be{};
+  if (const char* s = std::getenv("ATTNSINK_BENCH_QTILE"); s && std::atoi(s) > 0) be.query_tile = std::size_t(std::atoi(s));
+  if (const char* s = std::getenv("ATTNSINK_BENCH_KTILE"); s && std::atoi(s) > 0) be.key_tile = std::size_t(std::atoi(s));
+  return be;
+}
+
+template <class V>
+void BM_forward(benchmark::State& state, mask::dynamic m) {
+  thread_cap();
+  const std::size_t t = std::size_t(state.range(0)), d = std::size_t(state.range(1));
+  operands x(8, 8, t, t, d);
+  const auto a = variants::make<V>(x.settings(m));
+  const backend::cpu be = bench_backend();
+  forward(be, a, x.Q(), x.K(), x.V(), x.O());  // warm: threads, pages
+  const auto t0 = clock_type::now();
+  const double c0 = process_cpu_seconds();
+  for (auto _ : state) {
+    forward(be, a, x.Q(), x.K(), x.V(), x.O());
+    benchmark::ClobberMemory();
+  }
+  const double flops = forward_flops(x, m) * double(state.iterations());
+  const double gflops = flops / seconds_since(t0) * 1e-9;
+  state.counters["GFLOPS"] = gflops;
+  state.counters["peak_frac"] = gflops / peak_gflops();
+  state.counters["cpu_GFLOPS"] = flops / (process_cpu_seconds() - c0) * 1e-9;
+}
+
+using kind = mask::dynamic::kind;
+
+template <class V>
+void register_variant(const std::string& name, bool noncausal, bool causal, mask::dynamic other = {kind::none, 0},
+                      const std::string& other_name = "") {
+  auto add = [&](const std::string& label, mask::dynamic m) {
+    auto* b = benchmark::RegisterBenchmark(("forward/" + name + "/" + label).c_str(),
+                                           [m](benchmark::State& s) { BM_forward<V>(s, m); });
+    b->ArgNames({"T", "d"})->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int d : {64, 128})
+      for (int t : {512, 1024, 2048, 4096}) b->Args({t, d});
+  };
+  if (noncausal) add("full", {kind::none, 0});
+  if (causal) add("causal", {kind::causal, 0});
+  if (!other_name.empty()) add(other_name, other);
+}
+
+// ---- the naive route a user would write with xtensor: S = QKᵀ, softmax, O = PS
+
+#ifdef ATTNSINK_BENCH_XTENSOR_BLAS
+void naive_forward(operands& x) {
+  const std::size_t t = x.tq, d = x.d;
+  const float c = 1.0f / std::sqrt(float(d));
+  const std::array<std::size_t, 2> shape{t, d};
+  for (std::size_t h = 0; h < x.heads; ++h) {
+    auto q = xt::adapt(x.q.data() + h * t * d, t * d, xt::no_ownership(), shape);
+    auto k = xt::adapt(x.k.data() + h * t * d, t * d, xt::no_ownership(), shape);
+    auto v = xt::adapt(x.v.data() + h * t * d, t * d, xt::no_ownership(), shape);
+    auto o = xt::adapt(x.o.data() + h * t * d, t * d, xt::no_ownership(), shape);
+    xt::xtensor<float, 2> s = xt::linalg::dot(q, xt::transpose(k)) * c;
+    xt::xtensor<float, 2> m = xt::amax(s, {1}, xt::keep_dims);
+    s = xt::exp(s - m);
+    xt::xtensor<float, 2> l = xt::sum(s, {1}, xt::keep_dims);
+    s /= l;
+    o = xt::linalg::dot(s, v);
+  }
+}
+
+void BM_naive_xtensor(benchmark::State& state) {
+  thread_cap();
+  const std::size_t t = std::size_t(state.range(0)), d = std::size_t(state.range(1));
+  operands x(8, 8, t, t, d);
+  naive_forward(x);
+  const auto t0 = clock_type::now();
+  const double c0 = process_cpu_seconds();
+  for (auto _ : state) {
+    naive_forward(x);
+    benchmark::ClobberMemory();
+  }
+  const double flops = forward_flops(x, {kind::none, 0}) * double(state.iterations());
+  const double gflops = flops / seconds_since(t0) * 1e-9;
+  state.counters["GFLOPS"] = gflops;
+  state.counters["peak_frac"] = gflops / peak_gflops();
+  state.counters["cpu_GFLOPS"] = flops / (process_cpu_seconds() - c0) * 1e-9;
+}
+#endif
+
+// ---- decode: one query per head, 32 query heads on 8 kv heads, d = 128
+
+void BM_copy(benchmark::State& state) {
+  thread_cap();
+  const std::size_t bytes = 2 * 8 * std::size_t(state.range(0)) * 128 * sizeof(float);  // as decode's K + V
+  double best = 0;
+  for (auto _ : state) best = std::max(best, copy_gbs(bytes, 5));
+  g_copy[bytes] = std::max(g_copy[bytes], best);
+  state.counters["GB_s"] = best;
+  state.counters["MiB"] = double(bytes) / (1 << 20);
+}
+
+void BM_decode(benchmark::State& state) {
+  thread_cap();
+  const std::size_t n = std::size_t(state.range(0));
+  operands x(32, 8, 1, n, 128);
+  const auto a = variants::make<variants::softmax>(x.settings({kind::causal, 0}));
+  const backend::cpu be = bench_backend();
+  forward(be, a, x.Q(), x.K(), x.V(), x.O());
+  const auto t0 = clock_type::now();
+  for (auto _ : state) {
+    forward(be, a, x.Q(), x.K(), x.V(), x.O());
+    benchmark::ClobberMemory();
+  }
+  const double bytes = double((x.k.size() + x.v.size()) * sizeof(float));
+  const double gbs = bytes * double(state.iterations()) / seconds_since(t0) * 1e-9;
+  const std::size_t key = std::size_t(bytes);
+  if (!g_copy.count(key)) g_copy[key] = copy_gbs(key, 10);
+  state.counters["GB_s"] = gbs;
+  state.counters["copy_GB_s"] = g_copy[key];
+  state.counters["copy_frac"] = gbs / g_copy[key];
+}
+
+// ---- memory: peak RSS of one T = 32768, H = 8, d = 128 causal softmax forward
+
+std::size_t status_kib(const char* field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const std::size_t n = std::strlen(field);
+  while (std::getline(f, line))
+    if (line.compare(0, n, field) == 0) return std::stoull(line.substr(n + 1));
+  return 0;
+}
+
+void BM_memory_T32768(benchmark::State& state) {
+  thread_cap();
+  operands x(8, 8, 32768, 32768, 128);
+  const auto a = variants::make<variants::softmax>(x.settings({kind::causal, 0}));
+  const backend::cpu be = bench_backend();
+  const double io_mib = double((x.q.size() + x.k.size() + x.v.size() + x.o.size()) * sizeof(float)) / (1 << 20);
+  double extra = 0, hwm = 0, seconds = 0;
+  bool reset = false;
+  for (auto _ : state) {
+    // "5" resets the peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0).
+    reset = bool(std::ofstream("/proc/self/clear_refs") << "5");
+    const double before = double(status_kib("VmRSS:")) / 1024;
+    const auto t0 = clock_type::now();
+    forward(be, a, x.Q(), x.K(), x.V(), x.O());
+    seconds = seconds_since(t0);
+    hwm = double(status_kib("VmHWM:")) / 1024;
+    extra = hwm - before;
+  }
+  state.counters["io_MiB"] = io_mib;
+  state.counters["peak_rss_MiB"] = hwm;
+  state.counters["extra_MiB"] = extra;
+  state.counters["hwm_reset"] = reset ? 1 : 0;
+  state.counters["GFLOPS"] = forward_flops(x, {kind::causal, 0}) / seconds * 1e-9;
+}
+
+[[maybe_unused]] const bool registered = [] {
+  benchmark::RegisterBenchmark("BM_fma_peak", BM_fma_peak)->Iterations(3)->UseRealTime();
+  register_variant<variants::softmax>("softmax", true, true);
+  register_variant<variants::sigmoid>("sigmoid", true, true);
+  register_variant<variants::softmax_off_by_one>("softmax_off_by_one", true, true);
+  register_variant<variants::sink_logit>("sink_logit", true, true);
+  register_variant<variants::alibi>("alibi", false, true);
+  register_variant<variants::softmax>("softmax", false, false, {kind::window, 256}, "sliding_window_256");
+  register_variant<variants::kv_bias>("kv_bias", true, true);
+  register_variant<variants::kernel_elu1>("kernel_elu1", true, true);
+#ifdef ATTNSINK_BENCH_XTENSOR_BLAS
+  {
+    auto* b = benchmark::RegisterBenchmark("naive_xtensor/softmax/full", BM_naive_xtensor);
+    b->ArgNames({"T", "d"})->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int d : {64, 128})
+      for (int t : {512, 1024, 2048, 4096}) b->Args({t, d});
+  }
+#endif
+  for (auto* fn : {BM_copy, BM_decode}) {
+    auto* b = benchmark::RegisterBenchmark(fn == BM_copy ? "copy" : "decode/softmax/H32_KV8_d128", fn);
+    b->ArgNames({"KV"})->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int n : {4096, 8192, 16384, 32768}) b->Arg(n);
+  }
+  benchmark::RegisterBenchmark("memory/softmax/causal/H8_d128_T32768", BM_memory_T32768)
+      ->Iterations(1)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  return true;
+}();
+
+}  // namespace
