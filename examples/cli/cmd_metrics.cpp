@@ -4,6 +4,7 @@
 #include <attnsink/metrics.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "common.hpp"
 
@@ -40,12 +41,22 @@ auto with_flags(Fn&& fn) {
   }
 }
 
+// The shortest decimal that reads back as the same double.
+std::string num(double x) {
+  char buf[32];
+  for (int digits = 15; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, x);
+    if (std::strtod(buf, nullptr) == x) break;
+  }
+  return buf;
+}
+
 void print_rows(const char* key, const std::vector<M::alpha_map>& layers, bool at_bias) {
   std::printf("  \"%s\": [", key);
   for (std::size_t l = 0; l < layers.size(); ++l) {
     std::printf("%s[", l ? ", " : "");
     for (std::size_t h = 0; h < layers[l].heads; ++h)
-      std::printf("%s%.17g", h ? ", " : "", layers[l].head_mean(h, at_bias));
+      std::printf("%s%s", h ? ", " : "", num(layers[l].head_mean(h, at_bias)).c_str());
     std::printf("]");
   }
   std::printf("]");
@@ -56,13 +67,13 @@ void print_json(const std::string& route, const std::string& variant, const std:
   const M::alpha_map& first = layers.front();
   std::printf("{\n  \"route\": \"%s\",\n", route.c_str());
   if (!variant.empty()) std::printf("  \"variant\": \"%s\",\n  \"mask\": \"%s\",\n", variant.c_str(), mask_name.c_str());
-  std::printf("  \"proxy\": \"%s\",\n  \"eps\": %.17g,\n  \"k\": %zu,\n", M::name(first.weights), opt.eps, opt.k);
+  std::printf("  \"proxy\": \"%s\",\n  \"eps\": %s,\n  \"k\": %zu,\n", M::name(first.weights), num(opt.eps).c_str(), opt.k);
   std::printf("  \"layers\": %zu,\n  \"samples\": %zu,\n  \"heads\": %zu,\n  \"tokens\": %zu,\n", layers.size(),
               first.samples, first.heads, first.tokens);
-  std::printf("  \"sink_rate\": %.17g,\n", M::sink_rate(std::span<const M::alpha_map>(layers), opt.eps));
+  std::printf("  \"sink_rate\": %s,\n", num(M::sink_rate(std::span<const M::alpha_map>(layers), opt.eps)).c_str());
   print_rows("alpha", layers, false);
   if (first.has_bias()) {
-    std::printf(",\n  \"sink_rate_bias\": %.17g,\n", M::sink_rate(std::span<const M::alpha_map>(layers), opt.eps, true));
+    std::printf(",\n  \"sink_rate_bias\": %s,\n", num(M::sink_rate(std::span<const M::alpha_map>(layers), opt.eps, true)).c_str());
     print_rows("alpha_bias", layers, true);
   }
   std::printf("\n}\n");
