@@ -12,7 +12,7 @@ $SUDO apt-get update -qq || echo "attnsink: apt-get update reported errors (an u
 $SUDO apt-get install -y -qq --no-install-recommends \
   g++ cmake ninja-build ccache pkg-config \
   xtensor-dev libxsimd-dev libtbb-dev libbenchmark-dev \
-  libopenblas-dev libxtensor-blas-dev \
+  libopenblas-dev libxtensor-blas-dev python3-matplotlib fortunes \
   libtrilinos-kokkos-dev >/dev/null
 $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports libcatch2-dev >/dev/null
 echo "attnsink: dependencies installed"

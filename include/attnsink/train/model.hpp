@@ -1,0 +1,549 @@
+// attnsink/train/model.hpp — a small LLaMA-like decoder-only LM, templated on
+// the attention type and backend, with a hand-written backward.
+//
+//   embedding (+ sinusoidal or learned absolute positions)
+//   L × [ RMSNorm → attention (→ output gate) → residual → RMSNorm → FFN → residual ]   (pre-LN)
+//   L × [ attention → residual → RMSNorm → FFN → residual → RMSNorm ]                    (post-LN)
+//   final RMSNorm (pre-LN) → LM head; no linear biases.
+//
+// Dense layers go through CBLAS. Activations are (tokens × features),
+// row-major; q, k, v are handed to the attention backend as strided
+// (batch, heads, tokens, head_dim) views of them, so nothing is transposed.
+// Every forward line has its derivative in backward(), in reverse order.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <tbb/parallel_for.h>
+
+#include "../attention.hpp"
+#include "../backend/reference_backward.hpp"
+#include "../backward.hpp"
+#include "blas.hpp"
+
+namespace attnsink::train {
+
+enum class ffn_act { swiglu, relu, gelu, swish, reglu, geglu };
+enum class norm_place { pre, post };
+enum class abs_pos { none, sinusoidal, learned };
+
+inline bool gated(ffn_act a) { return a == ffn_act::swiglu || a == ffn_act::reglu || a == ffn_act::geglu; }
+
+struct model_config {
+  std::size_t vocab = 257, layers = 2, d_model = 128, heads = 4, kv_heads = 4, ffn = 256, ctx = 64;
+  ffn_act act = ffn_act::swiglu;
+  norm_place norm = norm_place::pre;
+  abs_pos pos = abs_pos::none;
+  bool rope = false;
+  bool gate = false;         // output gate o ⊙ σ(a W_g) (Qiu et al. 2025)
+  bool learn_vstar = false;  // kv_bias: learn v* (else v* = 0)
+  double norm_eps = 1e-5;
+  std::size_t head_dim() const { return d_model / heads; }
+  bool operator==(const model_config&) const = default;
+};
+
+namespace detail {
+template <class T>
+T sigm(T x) {
+  return x >= 0 ? T(1) / (T(1) + std::exp(-x)) : std::exp(x) / (T(1) + std::exp(x));
+}
+// activation value and derivative
+template <class T>
+T act_value(ffn_act a, T u) {
+  switch (a) {
+    case ffn_act::relu:
+    case ffn_act::reglu: return u > 0 ? u : T(0);
+    case ffn_act::gelu:
+    case ffn_act::geglu: return T(0.5) * u * (T(1) + std::erf(u / std::sqrt(T(2))));
+    default: return u * sigm(u);  // swish / swiglu: silu
+  }
+}
+template <class T>
+T act_derivative(ffn_act a, T u) {
+  switch (a) {
+    case ffn_act::relu:
+    case ffn_act::reglu: return u > 0 ? T(1) : T(0);
+    case ffn_act::gelu:
+    case ffn_act::geglu: {
+      const T pdf = std::exp(-u * u / 2) / std::sqrt(T(2) * T(3.14159265358979323846));
+      return T(0.5) * (T(1) + std::erf(u / std::sqrt(T(2)))) + u * pdf;
+    }
+    default: {
+      const T s = sigm(u);
+      return s * (T(1) + u * (T(1) - s));
+    }
+  }
+}
+template <class F>
+void rows(std::size_t n, F&& f) {
+  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 64), [&](const auto& r) {
+    for (std::size_t i = r.begin(); i != r.end(); ++i) f(i);
+  });
+}
+}  // namespace detail
+
+// Offsets of every parameter in the flat parameter vector.
+struct layer_layout {
+  std::size_t g1, wq, wk, wv, wo, wg, g2, w1, w3, w2, sink, kstar, vstar, t5;
+};
+struct model_layout {
+  std::size_t emb, pos, gf, wout, total;
+  std::vector<layer_layout> layer;
+};
+
+template <attention_type A, class Backend, class T = float>
+class model {
+ public:
+  using attention_t = A;
+  static constexpr bool has_sink = std::is_same_v<typename A::norm_type, norm::sink_logit>;
+  static constexpr bool has_kv = A::bias_type::has_kv;
+  static constexpr bool has_t5 = std::is_same_v<typename A::bias_type, bias::t5_relative>;
+
+  model(const model_config& c, A attn, Backend be = {}) : cfg_(c), attn_(attn), be_(be) {
+    if (c.d_model % c.heads) throw value_error("heads", "must divide d_model");
+    if (c.kv_heads == 0 || c.heads % c.kv_heads) throw value_error("kv_heads", "must divide heads");
+    if (c.rope && c.head_dim() % 2) throw value_error("pos", "rope needs an even head dimension");
+    if (c.layers == 0 || c.vocab < 2 || c.ctx == 0 || c.ffn == 0) throw value_error("model", "empty dimensions");
+    std::size_t off = 0;
+    auto take = [&](std::size_t n) {
+      const std::size_t o = off;
+      off += n;
+      return o;
+    };
+    const std::size_t d = c.d_model, hd = c.heads * c.head_dim(), kd = c.kv_heads * c.head_dim(), f = c.ffn;
+    lay_.emb = take(c.vocab * d);
+    lay_.pos = c.pos == abs_pos::learned ? take(c.ctx * d) : 0;
+    for (std::size_t l = 0; l < c.layers; ++l) {
+      layer_layout L{};
+      L.g1 = take(d);
+      L.wq = take(d * hd);
+      L.wk = take(d * kd);
+      L.wv = take(d * kd);
+      L.wo = take(hd * d);
+      L.wg = c.gate ? take(d * hd) : 0;
+      L.g2 = take(d);
+      L.w1 = take(d * f);
+      L.w3 = gated(c.act) ? take(d * f) : 0;
+      L.w2 = take(f * d);
+      L.sink = has_sink ? take(c.heads) : 0;
+      L.kstar = has_kv ? take(kd) : 0;
+      L.vstar = has_kv && c.learn_vstar ? take(kd) : 0;
+      L.t5 = has_t5 ? take(c.heads * 32) : 0;
+      lay_.layer.push_back(L);
+    }
+    lay_.gf = take(d);
+    lay_.wout = take(d * c.vocab);
+    lay_.total = off;
+    params_.assign(off, T(0));
+    grads_.assign(off, T(0));
+  }
+
+  const model_config& config() const { return cfg_; }
+  const model_layout& layout() const { return lay_; }
+  std::vector<T>& params() { return params_; }
+  const std::vector<T>& params() const { return params_; }
+  std::vector<T>& grads() { return grads_; }
+  std::size_t parameter_count() const { return lay_.total; }
+  A& attention() { return attn_; }
+
+  // N(0, sqrt(2/(5d))) everywhere, FFN output projection N(0, 1/sqrt(d_ff)/L),
+  // norm gains 1, sink logits and T5 tables 0.
+  void init(std::uint64_t seed) {
+    std::mt19937_64 gen(seed);
+    const double std0 = std::sqrt(2.0 / (5.0 * double(cfg_.d_model)));
+    const double std2 = 1.0 / std::sqrt(double(cfg_.ffn)) / double(cfg_.layers);
+    std::normal_distribution<double> n0(0.0, std0), n2(0.0, std2);
+    for (auto& p : params_) p = T(n0(gen));
+    const std::size_t d = cfg_.d_model;
+    auto fill = [&](std::size_t off, std::size_t n, T v) { std::fill_n(params_.begin() + off, n, v); };
+    for (const auto& L : lay_.layer) {
+      fill(L.g1, d, T(1));
+      fill(L.g2, d, T(1));
+      for (std::size_t i = 0; i < cfg_.ffn * d; ++i) params_[L.w2 + i] = T(n2(gen));
+      if (has_sink) fill(L.sink, cfg_.heads, T(0));
+      if (has_t5) fill(L.t5, cfg_.heads * 32, T(0));
+    }
+    fill(lay_.gf, d, T(1));
+  }
+
+  // Forward over a batch of `batch` sequences of `tokens` ids each; returns the
+  // mean cross-entropy over the positions kept by `loss_mask` (empty: all;
+  // `loss_mask[b·tokens + t]` = 0 drops position t). targets[i] is the token
+  // that should follow ids[i]. Keeps what backward() needs; the three vectors
+  // must outlive the backward() call.
+  T forward(const std::vector<std::int32_t>& ids, const std::vector<std::int32_t>& targets,
+            const std::vector<std::uint8_t>& loss_mask, std::size_t batch, std::size_t tokens) {
+    B_ = batch;
+    T_ = tokens;
+    const std::size_t N = batch * tokens, d = cfg_.d_model, V = cfg_.vocab;
+    if (tokens > cfg_.ctx) throw value_error("tokens", "longer than the context");
+    resize(N);
+    const T* P = params_.data();
+    // h0 = E[x] (+ positions)
+    detail::rows(N, [&](std::size_t i) {
+      const std::size_t t = i % tokens;
+      const T* e = P + lay_.emb + std::size_t(ids[i]) * d;
+      T* h = x_[0].data() + i * d;
+      for (std::size_t c = 0; c < d; ++c) h[c] = e[c];
+      if (cfg_.pos == abs_pos::learned)
+        for (std::size_t c = 0; c < d; ++c) h[c] += P[lay_.pos + t * d + c];
+      if (cfg_.pos == abs_pos::sinusoidal)
+        for (std::size_t c = 0; c < d; ++c) h[c] += sinusoid(t, c);
+    });
+    for (std::size_t l = 0; l < cfg_.layers; ++l) layer_forward(l);
+    // final norm (pre-LN) and LM head
+    const T* hl = x_[cfg_.layers].data();
+    if (cfg_.norm == norm_place::pre) {
+      rmsnorm(hl, P + lay_.gf, hf_.data(), rstdf_.data(), N);
+      hl = hf_.data();
+    }
+    matmul(hl, P + lay_.wout, logits_.data(), N, d, V);
+    // cross-entropy; logits_ becomes the softmax for backward
+    std::vector<double> row_loss(N, 0.0);
+    count_ = 0;
+    for (std::size_t i = 0; i < N; ++i) count_ += loss_mask.empty() || loss_mask[i];
+    detail::rows(N, [&](std::size_t i) {
+      T* z = logits_.data() + i * V;
+      T m = z[0];
+      for (std::size_t j = 1; j < V; ++j) m = std::max(m, z[j]);
+      double s = 0;
+      for (std::size_t j = 0; j < V; ++j) s += std::exp(double(z[j] - m));
+      const double lse = double(m) + std::log(s);
+      if (loss_mask.empty() || loss_mask[i]) row_loss[i] = lse - double(z[targets[i]]);
+      for (std::size_t j = 0; j < V; ++j) z[j] = T(std::exp(double(z[j]) - lse));
+    });
+    double loss = 0;
+    for (double r : row_loss) loss += r;
+    ids_ = &ids;
+    targets_ = &targets;
+    mask_ = &loss_mask;
+    return T(count_ ? loss / double(count_) : 0.0);
+  }
+
+  // Gradient of the last forward's loss into grads() (overwritten).
+  void backward() {
+    const std::size_t N = B_ * T_, d = cfg_.d_model, V = cfg_.vocab;
+    std::fill(grads_.begin(), grads_.end(), T(0));
+    const T* P = params_.data();
+    T* G = grads_.data();
+    // dlogits = (softmax - onehot) / count on kept positions
+    const T scale = T(1) / T(std::max<std::size_t>(count_, 1));
+    detail::rows(N, [&](std::size_t i) {
+      T* z = logits_.data() + i * V;
+      if (!mask_->empty() && !(*mask_)[i]) {
+        std::fill(z, z + V, T(0));
+        return;
+      }
+      z[(*targets_)[i]] -= T(1);
+      for (std::size_t j = 0; j < V; ++j) z[j] *= scale;
+    });
+    const T* hl = cfg_.norm == norm_place::pre ? hf_.data() : x_[cfg_.layers].data();
+    matmul_dw(hl, logits_.data(), G + lay_.wout, N, d, V);
+    std::vector<T>& dx = dx_;
+    matmul_dx(logits_.data(), P + lay_.wout, dx.data(), N, d, V, T(0));
+    if (cfg_.norm == norm_place::pre) {
+      rmsnorm_backward(x_[cfg_.layers].data(), P + lay_.gf, rstdf_.data(), dx.data(), tmp_d_.data(), G + lay_.gf, N);
+      std::swap(dx, tmp_d_);
+    }
+    for (std::size_t l = cfg_.layers; l-- > 0;) layer_backward(l);
+    // embeddings
+    for (std::size_t i = 0; i < N; ++i) {
+      const T* g = dx.data() + i * d;
+      T* e = G + lay_.emb + std::size_t((*ids_)[i]) * d;
+      for (std::size_t c = 0; c < d; ++c) e[c] += g[c];
+      if (cfg_.pos == abs_pos::learned) {
+        T* pe = G + lay_.pos + (i % T_) * d;
+        for (std::size_t c = 0; c < d; ++c) pe[c] += g[c];
+      }
+    }
+  }
+
+  // The attention value of layer l, pointing at that layer's parameters.
+  A layer_attention(std::size_t l) const {
+    A a = attn_;
+    const auto& L = lay_.layer[l];
+    const T* P = params_.data();
+    a.pos.enabled = cfg_.rope;
+    if constexpr (has_sink) a.norm.logits = param_ref(P + L.sink, cfg_.heads);
+    if constexpr (has_kv) {
+      a.bias.k = param_ref(P + L.kstar, cfg_.kv_heads * cfg_.head_dim());
+      a.bias.v = cfg_.learn_vstar ? param_ref(P + L.vstar, cfg_.kv_heads * cfg_.head_dim()) : param_ref{};
+    }
+    if constexpr (has_t5) a.bias.table = param_ref(P + L.t5, cfg_.heads * 32);
+    return a;
+  }
+
+  // q, k of layer l from the last forward, as (batch, heads, tokens, head_dim) views.
+  tensor4<const T> layer_q(std::size_t l) const { return view(q_[l].data(), cfg_.heads); }
+  tensor4<const T> layer_k(std::size_t l) const { return view(k_[l].data(), cfg_.kv_heads); }
+  tensor4<const T> layer_v(std::size_t l) const { return view(v_[l].data(), cfg_.kv_heads); }
+  // Layer l's per-row attention state (m, l) from the last forward, (batch, heads, tokens).
+  row_stats<const T> layer_stats(std::size_t l) const { return {sm_[l].data(), sl_[l].data()}; }
+  // Hidden state entering layer l (l = layers: the last), (batch·tokens × d).
+  const std::vector<T>& hidden(std::size_t l) const { return x_[l]; }
+
+ private:
+  model_config cfg_;
+  A attn_;
+  Backend be_;
+  model_layout lay_;
+  std::vector<T> params_, grads_;
+  std::size_t B_ = 0, T_ = 0, count_ = 0;
+  const std::vector<std::int32_t>* targets_ = nullptr;
+  const std::vector<std::int32_t>* ids_ = nullptr;
+  const std::vector<std::uint8_t>* mask_ = nullptr;
+  std::size_t cap_ = 0;
+  // activations
+  std::vector<std::vector<T>> x_, a_, q_, k_, v_, o_, gp_, og_, x2_, b_, u_, w_, h_, r1_, r2_, sm_, sl_;
+  std::vector<T> hf_, rstdf_, logits_, dx_, tmp_d_, t_hd_, t_hd2_, t_kd_, t_kd2_, t_f_, t_f2_, t_d_;
+
+  T sinusoid(std::size_t t, std::size_t c) const {
+    const std::size_t d = cfg_.d_model, i = c / 2;
+    const double a = double(t) / std::pow(10000.0, 2.0 * double(i) / double(d));
+    return T(c % 2 == 0 ? std::sin(a) : std::cos(a));
+  }
+
+  tensor4<const T> view(const T* p, std::size_t heads) const {
+    const std::size_t hd = cfg_.head_dim();
+    return {p, B_, heads, T_, hd, T_ * heads * hd, hd, heads * hd};
+  }
+  tensor4<T> mview(T* p, std::size_t heads) const {
+    const std::size_t hd = cfg_.head_dim();
+    return {p, B_, heads, T_, hd, T_ * heads * hd, hd, heads * hd};
+  }
+
+  void resize(std::size_t N) {
+    if (N <= cap_ && !x_.empty()) return;
+    cap_ = N;
+    const std::size_t L = cfg_.layers, d = cfg_.d_model, hd = cfg_.heads * cfg_.head_dim(),
+                      kd = cfg_.kv_heads * cfg_.head_dim(), f = cfg_.ffn;
+    auto make = [&](std::vector<std::vector<T>>& v, std::size_t count, std::size_t width) {
+      v.assign(count, std::vector<T>(N * width));
+    };
+    make(x_, L + 1, d);
+    make(a_, L, d);
+    make(q_, L, hd);
+    make(k_, L, kd);
+    make(v_, L, kd);
+    make(o_, L, hd);
+    make(gp_, cfg_.gate ? L : 0, hd);
+    make(og_, cfg_.gate ? L : 0, hd);
+    make(x2_, L, d);
+    make(b_, L, d);
+    make(u_, L, f);
+    make(w_, gated(cfg_.act) ? L : 0, f);
+    make(h_, L, f);
+    make(r1_, L, 1);
+    make(sm_, L, cfg_.heads);  // per-row attention state (m, l), for the sink metrics
+    make(sl_, L, cfg_.heads);
+    make(r2_, L, 1);
+    hf_.assign(N * d, T(0));
+    rstdf_.assign(N, T(0));
+    logits_.assign(N * cfg_.vocab, T(0));
+    dx_.assign(N * d, T(0));
+    tmp_d_.assign(N * d, T(0));
+    t_d_.assign(N * d, T(0));
+    t_hd_.assign(N * hd, T(0));
+    t_hd2_.assign(N * hd, T(0));
+    t_kd_.assign(N * kd, T(0));
+    t_kd2_.assign(N * kd, T(0));
+    t_f_.assign(N * f, T(0));
+    t_f2_.assign(N * f, T(0));
+  }
+
+  // y = x · rstd · g, rstd = 1/sqrt(mean(x²) + eps)
+  void rmsnorm(const T* x, const T* g, T* y, T* rstd, std::size_t N) const {
+    const std::size_t d = cfg_.d_model;
+    detail::rows(N, [&](std::size_t i) {
+      const T* xr = x + i * d;
+      double ss = 0;
+      for (std::size_t c = 0; c < d; ++c) ss += double(xr[c]) * double(xr[c]);
+      const T r = T(1.0 / std::sqrt(ss / double(d) + cfg_.norm_eps));
+      rstd[i] = r;
+      for (std::size_t c = 0; c < d; ++c) y[i * d + c] = xr[c] * r * g[c];
+    });
+  }
+  // dx = rstd (g⊙dy - x̂ · mean(x̂ ⊙ g ⊙ dy)), dg += Σ dy ⊙ x̂   (x̂ = x · rstd)
+  void rmsnorm_backward(const T* x, const T* g, const T* rstd, const T* dy, T* dx, T* dg, std::size_t N) const {
+    const std::size_t d = cfg_.d_model;
+    detail::rows(N, [&](std::size_t i) {
+      const T* xr = x + i * d;
+      const T* dyr = dy + i * d;
+      const T r = rstd[i];
+      double dot = 0;
+      for (std::size_t c = 0; c < d; ++c) dot += double(xr[c] * r) * double(g[c] * dyr[c]);
+      const T mean = T(dot / double(d));
+      for (std::size_t c = 0; c < d; ++c) dx[i * d + c] = r * (g[c] * dyr[c] - xr[c] * r * mean);
+    });
+    // dg: a reduction over rows, done serially per feature for determinism
+    for (std::size_t i = 0; i < N; ++i)
+      for (std::size_t c = 0; c < d; ++c) dg[c] += dy[i * d + c] * x[i * d + c] * rstd[i];
+  }
+
+  void layer_forward(std::size_t l) {
+    const std::size_t N = B_ * T_, d = cfg_.d_model, hd = cfg_.heads * cfg_.head_dim(),
+                      kd = cfg_.kv_heads * cfg_.head_dim(), f = cfg_.ffn;
+    const auto& L = lay_.layer[l];
+    const T* P = params_.data();
+    const bool pre = cfg_.norm == norm_place::pre;
+    const T* x = x_[l].data();
+    // a = RMSNorm(x) (pre-LN) or x (post-LN)
+    const T* a = x;
+    if (pre) {
+      rmsnorm(x, P + L.g1, a_[l].data(), r1_[l].data(), N);
+      a = a_[l].data();
+    }
+    matmul(a, P + L.wq, q_[l].data(), N, d, hd);
+    matmul(a, P + L.wk, k_[l].data(), N, d, kd);
+    matmul(a, P + L.wv, v_[l].data(), N, d, kd);
+    attnsink::forward(be_, layer_attention(l), view(q_[l].data(), cfg_.heads), view(k_[l].data(), cfg_.kv_heads),
+                      view(v_[l].data(), cfg_.kv_heads), mview(o_[l].data(), cfg_.heads),
+                      row_stats<T>{sm_[l].data(), sl_[l].data()});
+    const T* o = o_[l].data();
+    if (cfg_.gate) {  // og = o ⊙ σ(a W_g)
+      matmul(a, P + L.wg, gp_[l].data(), N, d, hd);
+      T* og = og_[l].data();
+      const T* gp = gp_[l].data();
+      detail::rows(N, [&](std::size_t i) {
+        for (std::size_t c = i * hd; c < (i + 1) * hd; ++c) og[c] = o[c] * detail::sigm(gp[c]);
+      });
+      o = og;
+    }
+    // x2 = x + o W_o   (post-LN: x2 = RMSNorm(x + o W_o))
+    T* x2 = x2_[l].data();
+    std::copy(x, x + N * d, x2);
+    matmul(o, P + L.wo, x2, N, hd, d, T(1));
+    const T* bsrc = x2;
+    if (pre) {
+      rmsnorm(x2, P + L.g2, b_[l].data(), r2_[l].data(), N);
+    } else {
+      std::copy(x2, x2 + N * d, t_d_.data());  // pre-norm sum, kept in b_ for backward
+      std::copy(x2, x2 + N * d, b_[l].data());
+      rmsnorm(t_d_.data(), P + L.g1, x2, r1_[l].data(), N);
+      bsrc = x2;
+    }
+    const T* b = pre ? b_[l].data() : bsrc;
+    // FFN: h = act(b W1) [⊙ b W3]; x' = x2 + h W2
+    matmul(b, P + L.w1, u_[l].data(), N, d, f);
+    if (gated(cfg_.act)) matmul(b, P + L.w3, w_[l].data(), N, d, f);
+    {
+      const T* u = u_[l].data();
+      const T* w = gated(cfg_.act) ? w_[l].data() : nullptr;
+      T* h = h_[l].data();
+      detail::rows(N, [&](std::size_t i) {
+        for (std::size_t c = i * f; c < (i + 1) * f; ++c) h[c] = detail::act_value(cfg_.act, u[c]) * (w ? w[c] : T(1));
+      });
+    }
+    T* xn = x_[l + 1].data();
+    std::copy(x2, x2 + N * d, xn);
+    matmul(h_[l].data(), P + L.w2, xn, N, f, d, T(1));
+    if (!pre) {  // post-LN: x' = RMSNorm(x2 + h W2); the sum is kept in t_d_ only transiently
+      std::copy(xn, xn + N * d, a_[l].data());  // a_ holds the pre-norm sum in post-LN mode
+      rmsnorm(a_[l].data(), P + L.g2, xn, r2_[l].data(), N);
+    }
+  }
+
+  void layer_backward(std::size_t l) {
+    const std::size_t N = B_ * T_, d = cfg_.d_model, hd = cfg_.heads * cfg_.head_dim(),
+                      kd = cfg_.kv_heads * cfg_.head_dim(), f = cfg_.ffn;
+    const auto& L = lay_.layer[l];
+    const T* P = params_.data();
+    T* G = grads_.data();
+    const bool pre = cfg_.norm == norm_place::pre;
+    std::vector<T>& dx = dx_;  // gradient w.r.t. x_{l+1} on entry
+    if (!pre) {                // x' = RMSNorm(s), s = x2 + h W2 (s kept in a_)
+      rmsnorm_backward(a_[l].data(), P + L.g2, r2_[l].data(), dx.data(), tmp_d_.data(), G + L.g2, N);
+      std::swap(dx, tmp_d_);
+    }
+    // FFN: dh = dx W2ᵀ, dW2 += hᵀ dx
+    const T* b = pre ? b_[l].data() : x2_[l].data();
+    matmul_dw(h_[l].data(), dx.data(), G + L.w2, N, f, d);
+    T* dh = t_f_.data();
+    matmul_dx(dx.data(), P + L.w2, dh, N, f, d, T(0));
+    {
+      const T* u = u_[l].data();
+      const T* w = gated(cfg_.act) ? w_[l].data() : nullptr;
+      T* dw = t_f2_.data();
+      detail::rows(N, [&](std::size_t i) {
+        for (std::size_t c = i * f; c < (i + 1) * f; ++c) {
+          const T av = detail::act_value(cfg_.act, u[c]);
+          if (w) dw[c] = dh[c] * av;
+          dh[c] = dh[c] * (w ? w[c] : T(1)) * detail::act_derivative(cfg_.act, u[c]);  // now du
+        }
+      });
+    }
+    // db = du W1ᵀ (+ dw W3ᵀ); dW1 += bᵀ du, dW3 += bᵀ dw
+    T* db = tmp_d_.data();
+    matmul_dw(b, dh, G + L.w1, N, d, f);
+    matmul_dx(dh, P + L.w1, db, N, d, f, T(0));
+    if (gated(cfg_.act)) {
+      matmul_dw(b, t_f2_.data(), G + L.w3, N, d, f);
+      matmul_dx(t_f2_.data(), P + L.w3, db, N, d, f, T(1));
+    }
+    // dx2 = dx (residual) + RMSNorm'(db)   (pre-LN);   post-LN: b = x2 = RMSNorm(s1), dx2 = dx + db
+    T* dx2 = t_d_.data();
+    if (pre) {
+      rmsnorm_backward(x2_[l].data(), P + L.g2, r2_[l].data(), db, dx2, G + L.g2, N);
+      for (std::size_t i = 0; i < N * d; ++i) dx2[i] += dx[i];
+    } else {
+      for (std::size_t i = 0; i < N * d; ++i) db[i] += dx[i];
+      // s1 = x + o W_o kept in b_; x2 = RMSNorm(s1; g1)
+      rmsnorm_backward(b_[l].data(), P + L.g1, r1_[l].data(), db, dx2, G + L.g1, N);
+    }
+    // attention output: do = dx2 W_oᵀ, dW_o += oᵀ dx2
+    const T* o_used = cfg_.gate ? og_[l].data() : o_[l].data();
+    const T* a = pre ? a_[l].data() : x_[l].data();
+    matmul_dw(o_used, dx2, G + L.wo, N, hd, d);
+    T* dout = t_hd_.data();
+    matmul_dx(dx2, P + L.wo, dout, N, hd, d, T(0));
+    T* da = dx.data();  // dx is free now: it becomes da, then dx_l
+    bool da_set = false;
+    if (cfg_.gate) {  // og = o ⊙ σ(gp): do_attn = dog ⊙ σ, dgp = dog ⊙ o ⊙ σ(1-σ)
+      const T* o = o_[l].data();
+      const T* gp = gp_[l].data();
+      T* dgp = t_hd2_.data();
+      detail::rows(N, [&](std::size_t i) {
+        for (std::size_t c = i * hd; c < (i + 1) * hd; ++c) {
+          const T s = detail::sigm(gp[c]);
+          dgp[c] = dout[c] * o[c] * s * (T(1) - s);
+          dout[c] *= s;
+        }
+      });
+      matmul_dw(a, dgp, G + L.wg, N, d, hd);
+      matmul_dx(dgp, P + L.wg, da, N, d, hd, T(0));
+      da_set = true;
+    }
+    // attention backward
+    gradients<T> g{mview(t_hd2_.data(), cfg_.heads), mview(t_kd_.data(), cfg_.kv_heads),
+                   mview(t_kd2_.data(), cfg_.kv_heads)};
+    if constexpr (has_sink) g.params.sink = G + L.sink;
+    if constexpr (has_kv) {
+      g.params.kstar = G + L.kstar;
+      if (cfg_.learn_vstar) g.params.vstar = G + L.vstar;
+    }
+    if constexpr (has_t5) g.params.bias = G + L.t5;
+    attnsink::backward(be_, layer_attention(l), view(q_[l].data(), cfg_.heads), view(k_[l].data(), cfg_.kv_heads),
+                       view(v_[l].data(), cfg_.kv_heads), tensor4<const T>(view(dout, cfg_.heads)), g);
+    // da += dq W_qᵀ + dk W_kᵀ + dv W_vᵀ
+    matmul_dw(a, t_hd2_.data(), G + L.wq, N, d, hd);
+    matmul_dw(a, t_kd_.data(), G + L.wk, N, d, kd);
+    matmul_dw(a, t_kd2_.data(), G + L.wv, N, d, kd);
+    matmul_dx(t_hd2_.data(), P + L.wq, da, N, d, hd, da_set ? T(1) : T(0));
+    matmul_dx(t_kd_.data(), P + L.wk, da, N, d, kd, T(1));
+    matmul_dx(t_kd2_.data(), P + L.wv, da, N, d, kd, T(1));
+    // dx_l = dx2 (residual) + RMSNorm'(da)   (pre-LN);   post-LN: a = x, dx_l = dx2 + da
+    if (pre) {
+      rmsnorm_backward(x_[l].data(), P + L.g1, r1_[l].data(), da, tmp_d_.data(), G + L.g1, N);
+      for (std::size_t i = 0; i < N * d; ++i) dx[i] = tmp_d_[i] + dx2[i];
+    } else {
+      for (std::size_t i = 0; i < N * d; ++i) dx[i] = da[i] + dx2[i];
+    }
+  }
+};
+
+}  // namespace attnsink::train
