@@ -1,0 +1,273 @@
+// The cpu backward (float) against the reference backward (double): every
+// named variant, every mask, RoPE off/on, tokens up to 1000 and head_dim up to
+// 128; small tiles; learnable parameters; edge cases; bit-identical gradients
+// whatever the thread count.
+#include <cstring>
+
+#include <catch2/catch_template_test_macros.hpp>
+#include <tbb/global_control.h>
+
+#include <attnsink/backend/cpu_backward.hpp>
+#include <attnsink/cpu.hpp>
+
+#include "test_backward_common.hpp"
+
+using namespace attnsink;
+
+namespace {
+
+// Gradients of one backend run, poisoned before it, in T.
+template <class T>
+struct grads {
+  std::vector<T> dq, dk, dv;
+  std::vector<std::vector<T>> params;
+  gradients<T> g;
+  grads(const test::operands& p, const std::vector<test::param_slot>& slots)
+      : dq(p.q.size()), dk(p.k.size()), dv(p.v.size()), params(slots.size()) {
+    test::poison(dq);
+    test::poison(dk);
+    test::poison(dv);
+    g = {{dq.data(), p.batch, p.heads, p.tq, p.dim},
+         {dk.data(), p.batch, p.kv_heads, p.tk, p.dim},
+         {dv.data(), p.batch, p.kv_heads, p.tk, p.vdim}};
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      params[i].resize(slots[i].values->size());
+      test::poison(params[i]);
+      // the same field of param_grads<T> as the slot names for double
+      const auto field = slots[i].field;
+      T* ptr = params[i].data();
+      if (field == &param_grads<double>::sink) g.params.sink = ptr;
+      if (field == &param_grads<double>::kstar) g.params.kstar = ptr;
+      if (field == &param_grads<double>::vstar) g.params.vstar = ptr;
+      if (field == &param_grads<double>::bias) g.params.bias = ptr;
+      if (field == &param_grads<double>::score) g.params.score = ptr;
+    }
+  }
+};
+
+// Learnable parameters as float32 holds them, so both backends see the same values.
+void round_params(const std::vector<test::param_slot>& slots) {
+  // in place: the attention value points at these buffers
+  for (const auto& s : slots) {
+    const auto r = test::round_to_float(*s.values);
+    std::copy(r.begin(), r.end(), s.values->begin());
+  }
+}
+
+// Float's own limits on two families, measured (not bugs; the double oracle
+// agrees with finite differences to 1e-6 on both):
+// - softpick's gradient jumps at s = 0 (relu(e^s - 1)); a score within float
+//   rounding (~1e-6) of zero lands on either side, and one such score among the
+//   10^6 of a 1000-token causal row set moves dq by ~2e-4 relative;
+// - a normalized<F> or softpick row with a single visible key has p ≈ 1 - eps/f,
+//   and dS = f'·f·(dP - p·dP) cancels to (1 - p) in float (~2e-4 relative seen).
+template <class A>
+double float_tolerance() {
+  using N = typename A::norm_type;
+  constexpr bool loose = std::is_same_v<N, norm::softpick> || std::is_same_v<N, norm::normalized<fn::sigmoid>> ||
+                         std::is_same_v<N, norm::normalized<fn::elu_plus_one>> ||
+                         std::is_same_v<N, norm::normalized<fn::relu>>;
+  return loose ? 1e-3 : 1e-4;
+}
+
+// The cpu backward in float against the reference backward in double: every
+// gradient finite and within `tol` relative L2.
+template <class A>
+void expect_backward_matches(const backend::cpu& be, const A& a, const test::operands& p,
+                             const std::vector<test::param_slot>& slots, std::uint64_t seed,
+                             double tol = float_tolerance<A>()) {
+  const std::vector<double> dO = test::round_to_float(test::random_vector(p.out_size(), seed + 99));
+  const std::vector<float> dOf = test::cast<float>(dO);
+  grads<double> ref(p, slots);
+  backward(backend::reference{}, a, p.Q<double>(), p.K<double>(), p.V<double>(),
+           tensor4<const double>(dO.data(), p.batch, p.heads, p.tq, p.vdim), ref.g);
+  grads<float> got(p, slots);
+  backward(be, a, p.Q<float>(), p.K<float>(), p.V<float>(),
+           tensor4<const float>(dOf.data(), p.batch, p.heads, p.tq, p.vdim), got.g);
+  auto expect = [&](const char* name, const auto& x, const auto& y) {
+    INFO(name);
+    REQUIRE(test::all_finite(x));
+    // A softmax row with one visible key has dS = p(dP - D) = 0 exactly; float
+    // leaves ~1e-7 of the cancelled O(1) terms. Errors are therefore relative
+    // to max(||ref||, 1e-2·sqrt(n)), i.e. never below an RMS of 1e-2.
+    double num = 0, den = 0;
+    for (std::size_t e = 0; e < x.size(); ++e) {
+      num += (double(x[e]) - double(y[e])) * (double(x[e]) - double(y[e]));
+      den += double(y[e]) * double(y[e]);
+    }
+    const double err = std::sqrt(num) / std::max(std::sqrt(den), 1e-2 * std::sqrt(double(x.size())));
+    INFO("relative L2 error " << err << " (||ref|| = " << std::sqrt(den) << ", n = " << x.size() << ")");
+    CHECK(err <= tol);
+  };
+  expect("dq", got.dq, ref.dq);
+  expect("dk", got.dk, ref.dk);
+  expect("dv", got.dv, ref.dv);
+  for (std::size_t i = 0; i < slots.size(); ++i) expect(slots[i].name.c_str(), got.params[i], ref.params[i]);
+}
+
+// tokens ∈ {1, 5, 64, 257, 1000}, head_dim ∈ {4, 17, 64, 80, 128}, grouped-query ratios 1..3.
+const std::vector<test::shape>& cpu_shapes() {
+  static const std::vector<test::shape> s = {
+      {2, 4, 2, 1, 1, 17, 17},  {2, 4, 2, 5, 5, 4, 3},     {2, 4, 1, 64, 64, 64, 64},
+      {1, 6, 2, 64, 64, 17, 33}, {2, 4, 2, 7, 300, 64, 48}, {1, 3, 1, 257, 257, 80, 80},
+      {1, 2, 1, 1000, 1000, 128, 128},
+  };
+  return s;
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("cpu backward matches the reference backward", "[backward][cpu]", variants::all) {
+  std::uint64_t seed = 9000;
+  for (const test::shape& s : cpu_shapes())
+    for (const mask::dynamic& m : test::masks_for(s.tk))
+      for (int rope = 0; rope < 2; ++rope) {
+        if (rope && s.dim % 2) continue;
+        // the largest shapes: the reference's time is bounded by fewer masks
+        if (s.tk >= 257 && (m.which != mask::dynamic::kind::causal || rope != (s.tk == 257))) continue;
+        ++seed;
+        const test::operands p(s.batch, s.heads, s.kv_heads, s.tq, s.tk, s.dim, s.vdim, seed);
+        test::variant_params vp(s, seed);
+        variants::settings st = vp.settings();
+        st.mask = m;
+        st.rope.enabled = rope != 0;
+        const auto a = variants::make<TestType>(st);
+        const auto slots = test::variant_slots(vp, a);
+        round_params(slots);
+        INFO(TestType::name << " " << test::describe(s, m, rope));
+        expect_backward_matches(backend::cpu{}, a, p, slots, seed);
+      }
+}
+
+TEST_CASE("cpu backward with small tiles, learnable biases and feature maps", "[backward][cpu]") {
+  // Tiles smaller than the problem both ways: partial, skipped and several
+  // key tiles per row in both passes.
+  const backend::cpu small{8, 16};
+  for (std::size_t t : {5u, 37u, 100u}) {
+    const test::operands p(2, 4, 2, t, t, 12, 12, 700 + t);
+    std::vector<double> table = test::round_to_float(test::random_vector(4 * 32, 701 + t, 0.5));
+    std::vector<double> B = test::round_to_float(test::random_vector(2 * 4 * t * t, 702 + t));
+    std::vector<double> w = test::round_to_float(test::random_vector(8 * 12 + 6 * 8, 703 + t, 0.5));
+    std::vector<double> sink = test::round_to_float(test::random_vector(4, 704 + t));
+    std::vector<double> ks = test::round_to_float(test::random_vector(2 * 12, 705 + t));
+    std::vector<double> vs = test::round_to_float(test::random_vector(2 * 12, 706 + t));
+    for (const auto& m : test::masks_for(t)) {
+      INFO("tokens " << t << " mask kind " << int(m.which) << ":" << m.param);
+      using t5_attn = attention<score::softcap<>, norm::softmax, bias::t5_relative, pos::rope, mask::dynamic>;
+      t5_attn a1{{{}, 3.0}, {}, {32, 128, param_ref(table.data(), table.size())}, {}, m};
+      expect_backward_matches(small, a1, p, {{"dt5", &table, &param_grads<double>::bias}}, t);
+      using tensor_attn = attention<score::scaled_dot, norm::sigmoid, bias::tensor, pos::nope, mask::dynamic>;
+      tensor_attn a2{{}, {{}, -1.0}, {param_ref(B.data(), B.size())}, {}, m};
+      expect_backward_matches(small, a2, p, {{"dbias", &B, &param_grads<double>::bias}}, t + 1);
+      using mlp_attn = attention<score::mlp_kernel, norm::normalized<fn::elu_plus_one>, bias::none, pos::rope, mask::dynamic>;
+      mlp_attn a3{{param_ref(w.data(), 8 * 12), param_ref(w.data() + 8 * 12, 6 * 8), 8, 6, true}, {}, {}, {}, m};
+      expect_backward_matches(small, a3, p, {{"dW1,dW2", &w, &param_grads<double>::score}}, t + 2);
+      using sink_kv = attention<score::scaled_dot, norm::sink_logit, bias::kv_bias, pos::rope, mask::dynamic>;
+      sink_kv a4{{}, {{}, param_ref(sink.data(), 4)}, {param_ref(ks.data(), ks.size()), param_ref(vs.data(), vs.size())}, {}, m};
+      expect_backward_matches(small, a4, p,
+                              {{"dsink", &sink, &param_grads<double>::sink},
+                               {"dkstar", &ks, &param_grads<double>::kstar},
+                               {"dvstar", &vs, &param_grads<double>::vstar}},
+                              t + 3);
+    }
+  }
+}
+
+TEST_CASE("cpu backward: document mask", "[backward][cpu]") {
+  const test::operands p(2, 2, 1, 50, 50, 16, 16, 800);
+  std::vector<std::int32_t> ids(100);
+  for (std::size_t i = 0; i < 100; ++i) ids[i] = std::int32_t((i % 50) / 13 + (i / 50) * 10);
+  const auto starts = mask::document_starts(ids.data(), 2, 50);
+  attention<score::scaled_dot, norm::softpick, bias::alibi, pos::rope, mask::document> a{};
+  a.mask.start = starts.data();
+  expect_backward_matches(backend::cpu{8, 16}, a, p, {}, 801);
+}
+
+TEST_CASE("cpu backward edge cases: fully masked rows, extreme logits, one token", "[backward][cpu]") {
+  SECTION("rows that see no key get zero gradient, and no NaN anywhere") {
+    // More queries than keys under a causal mask: the first rows sit before every key.
+    const test::operands p(1, 2, 1, 9, 5, 8, 8, 810);
+    using A = attention<score::scaled_dot, norm::softmax, bias::none, pos::rope, mask::causal>;
+    expect_backward_matches(backend::cpu{4, 8}, A{}, p, {}, 811);
+    std::vector<float> dq(p.q.size()), dk(p.k.size()), dv(p.v.size()), dO(p.out_size(), 1.0f);
+    test::poison(dq);
+    backward(backend::cpu{}, A{}, p.Q<float>(), p.K<float>(), p.V<float>(),
+             tensor4<const float>(dO.data(), 1, 2, 9, 8),
+             gradients<float>{{dq.data(), 1, 2, 9, 8}, {dk.data(), 1, 1, 5, 8}, {dv.data(), 1, 1, 5, 8}});
+    for (std::size_t h = 0; h < 2; ++h)
+      for (std::size_t i = 0; i < 4; ++i)
+        for (std::size_t e = 0; e < 8; ++e) CHECK(dq[(h * 9 + i) * 8 + e] == 0.0f);
+    CHECK(test::all_finite(dk));
+    CHECK(test::all_finite(dv));
+  }
+  SECTION("extreme logits") {
+    // Scores of several hundred: every row is nearly one-hot.
+    const test::operands p(1, 4, 2, 40, 40, 32, 32, 820, 6.0);
+    std::vector<double> sink = {60.0, -60.0, 0.0, 25.0};
+    using A = attention<score::scaled_dot, norm::sink_logit, bias::none, pos::nope, mask::causal>;
+    const A a{{}, {{}, param_ref(sink.data(), 4)}};
+    // float scores of ~300 carry ~1e-5 absolute error, which e^s turns into relative error
+    expect_backward_matches(backend::cpu{}, a, p, {{"dsink", &sink, &param_grads<double>::sink}}, 821, 2e-3);
+    using C = attention<score::softcap<>, norm::softmax_off_by_one, bias::none, pos::nope, mask::none>;
+    expect_backward_matches(backend::cpu{}, C{{{}, 30.0}}, p, {}, 822, 2e-3);
+  }
+  SECTION("one token") {
+    const test::operands p(3, 4, 1, 1, 1, 16, 8, 830);
+    expect_backward_matches(backend::cpu{}, attention<score::scaled_dot, norm::softmax, bias::none, pos::rope>{}, p, {}, 831);
+  }
+}
+
+TEST_CASE("cpu backward is bit-identical whatever the thread count", "[backward][cpu][determinism]") {
+  const test::operands p(2, 4, 2, 300, 300, 32, 32, 840);
+  std::vector<double> sink = test::round_to_float(test::random_vector(4, 841));
+  std::vector<double> ks = test::round_to_float(test::random_vector(2 * 32, 842));
+  std::vector<double> vs = test::round_to_float(test::random_vector(2 * 32, 843));
+  std::vector<double> table = test::round_to_float(test::random_vector(4 * 32, 844));
+  const std::vector<test::param_slot> slots = {{"dsink", &sink, &param_grads<double>::sink},
+                                               {"dkstar", &ks, &param_grads<double>::kstar},
+                                               {"dvstar", &vs, &param_grads<double>::vstar}};
+  using A = attention<score::scaled_dot, norm::sink_logit, bias::kv_bias, pos::rope, mask::causal>;
+  const A a{{}, {{}, param_ref(sink.data(), 4)}, {param_ref(ks.data(), ks.size()), param_ref(vs.data(), vs.size())}};
+  using B = attention<score::scaled_dot, norm::softmax, bias::t5_relative, pos::nope, mask::none>;
+  const B bt{{}, {}, {32, 128, param_ref(table.data(), table.size())}};
+  const std::vector<float> dO = test::cast<float>(test::random_vector(p.out_size(), 845));
+  const tensor4<const float> dout(dO.data(), 2, 4, 300, 32);
+  auto run = [&](std::size_t threads, const auto& attn, const std::vector<test::param_slot>& sl) {
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, threads);
+    grads<float> r(p, sl);
+    backward(backend::cpu{16, 32}, attn, p.Q<float>(), p.K<float>(), p.V<float>(), dout, r.g);
+    return r;
+  };
+  auto same_bits = [](const std::vector<float>& x, const std::vector<float>& y) {
+    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+  };
+  const auto r1 = run(1, a, slots);
+  for (std::size_t threads : {2u, 3u, 8u}) {
+    INFO(threads << " threads");
+    const auto rn = run(threads, a, slots);
+    CHECK(same_bits(r1.dq, rn.dq));
+    CHECK(same_bits(r1.dk, rn.dk));
+    CHECK(same_bits(r1.dv, rn.dv));
+    for (std::size_t i = 0; i < slots.size(); ++i) CHECK(same_bits(r1.params[i], rn.params[i]));
+  }
+  const std::vector<test::param_slot> tslot = {{"dt5", &table, &param_grads<double>::bias}};
+  const auto t1 = run(1, bt, tslot), t2 = run(2, bt, tslot);
+  CHECK(same_bits(t1.params[0], t2.params[0]));
+  CHECK(same_bits(t1.dq, t2.dq));
+}
+
+TEST_CASE("cpu backward with the forward's saved state equals the one that recomputes it", "[backward][cpu]") {
+  const test::operands p(1, 4, 2, 100, 100, 32, 32, 850);
+  using A = attention<score::scaled_dot, norm::softmax, bias::alibi, pos::rope, mask::causal>;
+  const std::vector<float> dO = test::cast<float>(test::random_vector(p.out_size(), 851));
+  const tensor4<const float> dout(dO.data(), 1, 4, 100, 32);
+  test::result<float> fwd(p);
+  forward(backend::cpu{}, A{}, p.Q<float>(), p.K<float>(), p.V<float>(), fwd.O(p), fwd.stats());
+  grads<float> with(p, {}), without(p, {});
+  backward(backend::cpu{}, A{}, p.Q<float>(), p.K<float>(), p.V<float>(), dout, with.g,
+           saved_forward<float>{tensor4<const float>(fwd.out.data(), 1, 4, 100, 32), fwd.m.data(), fwd.l.data()});
+  backward(backend::cpu{}, A{}, p.Q<float>(), p.K<float>(), p.V<float>(), dout, without.g);
+  CHECK(with.dq == without.dq);
+  CHECK(with.dk == without.dk);
+  CHECK(with.dv == without.dv);
+}
