@@ -11,6 +11,12 @@
 // No tokens × tokens buffer exists. Rotated or feature-mapped keys (RoPE,
 // kernel scores) are prepared once into an O(tokens · dim) buffer.
 //
+// On Kokkos::Cuda, float operands with head dim = value dim ∈ {64, 128},
+// 16-byte aligned rows, no kv-bias key, no feature map and no explicit
+// team_rows / key_tile take a register-blocked kernel instead
+// (cuda_forward_kernel below: a row split over several lanes, two rows per
+// thread); everything else takes the generic kernel.
+//
 // Entry points:
 //   forward(backend::kokkos<E>{}, attn, q, k, v, out, stats)         host pointers (mirrored)
 //   forward_device(backend::kokkos<E>{}, attn, q, k, v, out, stats)  pointers in E's memory
@@ -351,11 +357,319 @@ void launch(const backend::kokkos<E>& be, const A& a, const problem& p, layout g
   be.space.fence();  // kbuf and the caller's mirrors must outlive the kernel
 }
 
+#if defined(KOKKOS_ENABLE_CUDA)
+#ifndef ATTNSINK_KOKKOS_CUDA_TEAMS_PER_SM
+#define ATTNSINK_KOKKOS_CUDA_TEAMS_PER_SM 2
+#endif
+// The CUDA path for float, head dim D ∈ {64, 128} (= value dim), no kv-bias
+// key and no feature map (RoPE is fine: keys are prepared as in the generic
+// kernel). Why not the generic kernel: one thread per row reads every K/V
+// value with a broadcast shared-memory load that feeds a single FMA, needs
+// ~255 registers for a 128-wide row, and recomputes ALiBi's double pow per
+// score. Here a row is split over L = D/32 consecutive lanes (32 columns of q
+// and of the accumulator each) and every thread carries TM = 2 rows, so each
+// 16-byte scratch load feeds 8 FMAs and q + acc take 128 registers. Partial
+// dot products are summed across the L lanes with xor shuffles (commutative
+// adds: every lane gets bit-identical scores, so all lanes take the same
+// max/rescale decisions). Exponential-family norms and sigmoid use the fast
+// exp (ex2.approx); ALiBi's slope is computed once per row.
+template <class A, int D>
+struct cuda_forward_kernel {
+  static constexpr int W = 32;           // columns per lane
+  static constexpr int L = D / W;        // lanes per row (2 or 4)
+  static constexpr int NC = W / 4;       // float4 chunks per lane
+  static constexpr int TM = 2;           // rows per thread
+  static constexpr int NT = 128;         // threads per team
+  static constexpr int R = NT / L * TM;  // rows per team: 128 (D=64), 64 (D=128)
+  static constexpr int BK = 4096 / D;    // keys per tile: K and V tiles take 32 KiB of scratch
+  static constexpr int CH = 4;           // keys per chunk
+  // Teams per SM the register allocation must allow. 2 (the default) lets
+  // ptxas use 255 registers with no spills (8 warps per SM); 3 caps it at 168
+  // and spills ~450 bytes per thread: on the H200 that was 10-35% slower
+  // (benchmarks/kokkos/RESULTS.md).
+  using policy_type = Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<NT, ATTNSINK_KOKKOS_CUDA_TEAMS_PER_SM>>;
+  using member = typename policy_type::member_type;
+  using norm_t = typename A::norm_type;
+  using score_t = typename A::score_type;
+  using bias_t = typename A::bias_type;
+  static constexpr bool exp_norm = std::is_base_of_v<norm::exp_family, norm_t>;
+
+  A a;
+  tensor4<const float> q, v;
+  const float* keys;
+  std::size_t ksb, ksh, kst;
+  tensor4<float> out;
+  row_stats<float> stats;
+  problem p;
+  layout g;
+  float c;
+  bool causal;
+
+  KOKKOS_INLINE_FUNCTION void operator()(const member& t) const {
+#ifdef __CUDA_ARCH__
+    const int tr = t.team_rank();
+    const int lane = tr % L, grp = tr / L;
+    const std::size_t lr = t.league_rank();
+    // Query tiles run last-to-first: under a causal mask the longest rows start first.
+    const std::size_t per = p.batch * p.kv_heads * g.hchunks;
+    const std::size_t qt = g.qtiles - 1 - lr / per, rest = lr % per;
+    const std::size_t hc = rest % g.hchunks, pr = rest / g.hchunks;
+    const std::size_t b = pr / p.kv_heads, hk = pr % p.kv_heads;
+    const std::size_t h0 = hk * g.group + hc * g.hs, hn = math::min(g.hs, g.group - hc * g.hs);
+    const std::size_t i0 = qt * g.ni, i1 = math::min(i0 + g.ni, p.tq);
+    const std::size_t nr = (i1 - i0) * hn;
+    float* ks = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * D * sizeof(float), 16));
+    float* vs = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * D * sizeof(float), 16));
+
+    // Per-row indices in 32 bits (extents < 2^31): 64-bit ones cost two
+    // registers each, and registers are what bounds the team count per SM.
+    float qr[TM][W], acc[TM][W], m[TM], l[TM], slope[TM];
+    int ri[TM], rh[TM], qp[TM], klo[TM], khi[TM];
+    bool act[TM];
+    ATTNSINK_UNROLL
+    for (int u = 0; u < TM; ++u) {
+      const std::size_t rho = std::size_t(grp * TM + u);
+      act[u] = rho < nr;
+      ri[u] = int(i0 + (act[u] ? rho / hn : 0));
+      rh[u] = int(h0 + (act[u] ? rho % hn : 0));
+      qp[u] = int(mask::detail::qpos(std::size_t(ri[u]), p.tq, p.tk));
+      const float* src = q.row(b, std::size_t(rh[u]), std::size_t(ri[u]));
+      if (a.pos.rotates()) {
+        float x[D];  // apply() takes a pointer: the only array that may live in local memory
+        for (int e = 0; e < D; ++e) x[e] = src[e];
+        a.pos.apply(x, std::size_t(D), std::ptrdiff_t(qp[u]), 1);
+        ATTNSINK_UNROLL
+        for (int k4 = 0; k4 < NC; ++k4)
+          ATTNSINK_UNROLL
+          for (int z = 0; z < 4; ++z) qr[u][4 * k4 + z] = x[4 * (lane + L * k4) + z] * c;
+      } else {
+        ATTNSINK_UNROLL
+        for (int k4 = 0; k4 < NC; ++k4) {
+          const float4 x = *reinterpret_cast<const float4*>(src + 4 * (lane + L * k4));
+          qr[u][4 * k4] = x.x * c, qr[u][4 * k4 + 1] = x.y * c, qr[u][4 * k4 + 2] = x.z * c, qr[u][4 * k4 + 3] = x.w * c;
+        }
+      }
+      ATTNSINK_UNROLL
+      for (int e = 0; e < W; ++e) acc[u][e] = 0.0f;
+      const row_init init = a.norm.init(std::size_t(rh[u]));
+      m[u] = float(init.m);
+      l[u] = float(init.l);
+      const key_range kr = a.mask.range(b, std::size_t(ri[u]), p.tq, p.tk);
+      klo[u] = int(kr.lo);
+      khi[u] = int(kr.hi);
+      if constexpr (std::is_same_v<bias_t, bias::alibi>) slope[u] = float(a.bias.slope(std::size_t(rh[u]), p.heads));
+      else slope[u] = 0.0f;
+    }
+
+    const key_range first = a.mask.range(b, i0, p.tq, p.tk), last = a.mask.range(b, i1 - 1, p.tq, p.tk);
+    const float* kbase = keys + b * ksb + hk * ksh;
+    for (std::size_t j0 = first.lo / BK * BK; j0 < last.hi; j0 += BK) {
+      const int nk = int(math::min(std::size_t(BK), p.tk - j0));
+      const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
+      if (vis == tile_visibility::skip) continue;  // team-uniform: barriers stay matched
+      t.team_barrier();
+      // 16-byte loads, consecutive threads on consecutive addresses; rows past
+      // the sequence are zeros (their weights are 0, and 0 · 0 stays finite).
+      ATTNSINK_UNROLL
+      for (int idx = tr; idx < BK * D / 4; idx += NT) {
+        const int row = idx / (D / 4), col = 4 * (idx % (D / 4));
+        float4 kx{0, 0, 0, 0}, vx{0, 0, 0, 0};
+        if (row < nk) {
+          kx = *reinterpret_cast<const float4*>(kbase + (j0 + row) * kst + col);
+          vx = *reinterpret_cast<const float4*>(v.row(b, hk, j0 + row) + col);
+        }
+        *reinterpret_cast<float4*>(ks + row * D + col) = kx;
+        *reinterpret_cast<float4*>(vs + row * D + col) = vx;
+      }
+      t.team_barrier();
+      // Keys [lo, hi) of this tile that some row sees (team-uniform, so every
+      // lane runs the shuffles); per-row bounds mask the rest.
+      int lo = 0, hi = nk, rlo[TM], rhi[TM];
+      if (vis == tile_visibility::partial) {
+        lo = first.lo > j0 ? int(math::min(first.lo - j0, std::size_t(nk))) : 0;
+        hi = last.hi > j0 ? int(math::min(last.hi - j0, std::size_t(nk))) : 0;
+        lo = lo / CH * CH;  // BK is a multiple of CH: chunks stay inside the tile
+      }
+      ATTNSINK_UNROLL
+      for (int u = 0; u < TM; ++u) {
+        const bool part = vis == tile_visibility::partial;
+        rlo[u] = part ? math::min(math::max(klo[u] - int(j0), 0), nk) : 0;
+        rhi[u] = part ? math::min(math::max(khi[u] - int(j0), 0), nk) : nk;
+      }
+      for (int jj = lo; jj < hi; jj += CH) {
+        float s[TM][CH];
+        ATTNSINK_UNROLL
+        for (int u = 0; u < TM; ++u)
+          ATTNSINK_UNROLL
+          for (int kk = 0; kk < CH; ++kk) s[u][kk] = 0.0f;
+        ATTNSINK_UNROLL
+        for (int kk = 0; kk < CH; ++kk) {
+          const float* kp = ks + (jj + kk) * D + 4 * lane;
+          ATTNSINK_UNROLL
+          for (int k4 = 0; k4 < NC; ++k4) {
+            const float4 x = *reinterpret_cast<const float4*>(kp + 4 * L * k4);
+            ATTNSINK_UNROLL
+            for (int u = 0; u < TM; ++u)
+              s[u][kk] += qr[u][4 * k4] * x.x + qr[u][4 * k4 + 1] * x.y + qr[u][4 * k4 + 2] * x.z +
+                          qr[u][4 * k4 + 3] * x.w;
+          }
+        }
+        ATTNSINK_UNROLL
+        for (int u = 0; u < TM; ++u)
+          ATTNSINK_UNROLL
+          for (int kk = 0; kk < CH; ++kk)
+            ATTNSINK_UNROLL
+            for (int o = 1; o < L; o <<= 1) s[u][kk] += __shfl_xor_sync(0xffffffffu, s[u][kk], o);
+        ATTNSINK_UNROLL
+        for (int u = 0; u < TM; ++u) {
+          float mx = math::neg_inf<float>();
+          bool seen[CH];
+          ATTNSINK_UNROLL
+          for (int kk = 0; kk < CH; ++kk) {
+            const int j = jj + kk;
+            seen[kk] = j >= rlo[u] && j < rhi[u];
+            float x = s[u][kk];
+            if constexpr (score_t::has_post) x = a.score.post(x);
+            if constexpr (std::is_same_v<bias_t, bias::alibi>) {
+              x -= slope[u] * float(qp[u] - int(j0) - j);
+            } else if constexpr (bias_t::additive) {
+              if (seen[kk])  // no lookup past the row's keys
+                x += float(a.bias.value(
+                    site{b, std::size_t(rh[u]), p.heads, std::ptrdiff_t(qp[u]), std::ptrdiff_t(j0 + j),
+                         std::size_t(ri[u]), p.tq, p.tk, causal}));
+            }
+            s[u][kk] = x;
+            if (seen[kk]) mx = math::max(mx, x);
+          }
+          if constexpr (norm_t::tracks_max) {
+            if (mx > m[u]) {
+              const float f = exp_norm ? __expf(m[u] - mx) : kokkos_compat::exp(m[u] - mx);
+              l[u] *= f;
+              ATTNSINK_UNROLL
+              for (int e = 0; e < W; ++e) acc[u][e] *= f;
+              m[u] = mx;
+            }
+          }
+          ATTNSINK_UNROLL
+          for (int kk = 0; kk < CH; ++kk) {
+            float w;
+            if constexpr (exp_norm) {
+              w = __expf(s[u][kk] - m[u]);
+              if (!seen[kk]) w = 0.0f;
+              l[u] += w;
+            } else if constexpr (std::is_same_v<norm_t, norm::sigmoid>) {
+              w = seen[kk] ? __fdividef(1.0f, 1.0f + __expf(-(s[u][kk] + float(a.norm.bias)))) : 0.0f;
+            } else {
+              w = seen[kk] ? a.norm.weight(s[u][kk], m[u]) : 0.0f;
+              if constexpr (norm_t::has_denominator) l[u] += seen[kk] ? a.norm.mass(s[u][kk], m[u]) : 0.0f;
+            }
+            s[u][kk] = w;
+          }
+        }
+        ATTNSINK_UNROLL
+        for (int kk = 0; kk < CH; ++kk) {
+          const float* vp = vs + (jj + kk) * D + 4 * lane;
+          ATTNSINK_UNROLL
+          for (int k4 = 0; k4 < NC; ++k4) {
+            const float4 x = *reinterpret_cast<const float4*>(vp + 4 * L * k4);
+            ATTNSINK_UNROLL
+            for (int u = 0; u < TM; ++u) {
+              acc[u][4 * k4] += s[u][kk] * x.x;
+              acc[u][4 * k4 + 1] += s[u][kk] * x.y;
+              acc[u][4 * k4 + 2] += s[u][kk] * x.z;
+              acc[u][4 * k4 + 3] += s[u][kk] * x.w;
+            }
+          }
+        }
+      }
+    }
+    ATTNSINK_UNROLL
+    for (int u = 0; u < TM; ++u) {
+      if (!act[u]) continue;
+      const float f = a.norm.finish(m[u], l[u]);
+      float* o = out.row(b, std::size_t(rh[u]), std::size_t(ri[u])) + 4 * lane;
+      ATTNSINK_UNROLL
+      for (int k4 = 0; k4 < NC; ++k4)
+        *reinterpret_cast<float4*>(o + 4 * L * k4) =
+            float4{acc[u][4 * k4] * f, acc[u][4 * k4 + 1] * f, acc[u][4 * k4 + 2] * f, acc[u][4 * k4 + 3] * f};
+      if (lane == 0) {
+        const std::size_t row = (b * p.heads + std::size_t(rh[u])) * p.tq + std::size_t(ri[u]);
+        if (stats.max) stats.max[row] = m[u];
+        if (stats.sum) stats.sum[row] = l[u];
+      }
+    }
+#else
+    (void)t;
+    Kokkos::abort("attnsink: the CUDA forward kernel ran on the host");
+#endif
+  }
+};
+
+template <class T>
+bool aligned16(tensor4<const T> x) {
+  return reinterpret_cast<std::uintptr_t>(x.data) % 16 == 0 && x.stride_t % 4 == 0 && x.stride_h % 4 == 0 &&
+         x.stride_b % 4 == 0;
+}
+
+// Runs the CUDA path when it applies (see cuda_forward_kernel); false: use the generic kernel.
+template <class A, class T, class E>
+bool run_cuda(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<const T> q, tensor4<const T> k,
+              tensor4<const T> v, tensor4<T> out, row_stats<T> stats) {
+  if constexpr (std::is_same_v<E, Kokkos::Cuda> && std::is_same_v<T, float> && !A::bias_type::has_kv &&
+                !A::score_type::maps_features) {
+    // Explicit team_rows / key_tile ask for the generic kernel's geometry.
+    if (be.team_rows || be.key_tile || p.vdim != p.dim || (p.dim != 64 && p.dim != 128)) return false;
+    if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(tensor4<const T>(out))) return false;
+    auto go = [&]<int D>() {
+      using K = cuda_forward_kernel<A, D>;
+      layout g{};
+      g.d = g.df = g.dfp = g.dv = g.dvp = D;
+      g.group = p.heads / p.kv_heads;
+      g.br = K::R;
+      g.hs = std::min<std::size_t>(g.group, K::R);
+      g.hchunks = (g.group + g.hs - 1) / g.hs;
+      g.ni = K::R / g.hs;
+      g.qtiles = (p.tq + g.ni - 1) / g.ni;
+      g.bk = K::BK;
+      Kokkos::View<float*, typename E::memory_space> kbuf;
+      K kern{a, q, v, k.data, k.stride_b, k.stride_h, k.stride_t, out, stats, p, g, float(a.score.scale(g.d)),
+             a.mask.is_causal()};
+      if (a.pos.rotates()) {
+        kbuf = Kokkos::View<float*, typename E::memory_space>(
+            Kokkos::view_alloc(Kokkos::WithoutInitializing, "attnsink::prepared_keys"), k.batch * k.heads * k.tokens * D);
+        prepare_keys<A, float, E, D>(be.space, a, k, g, kbuf.data());
+        kern.keys = kbuf.data();
+        kern.ksb = k.heads * k.tokens * D;
+        kern.ksh = k.tokens * D;
+        kern.kst = D;
+      }
+      const std::size_t league = p.batch * p.kv_heads * g.hchunks * g.qtiles;
+      typename K::policy_type policy(be.space, int(league), K::NT);
+      policy.set_scratch_size(0, Kokkos::PerTeam(2 * K::BK * D * sizeof(float) + 64));
+      Kokkos::parallel_for("attnsink::kokkos::forward_cuda", policy, kern);
+      be.space.fence();  // kbuf must outlive the kernel
+    };
+    if (p.dim == 64) go.template operator()<64>();
+    else go.template operator()<128>();
+    return true;
+  } else {
+    return false;
+  }
+}
+#else
+template <class A, class T, class E>
+bool run_cuda(const backend::kokkos<E>&, const A&, const problem&, tensor4<const T>, tensor4<const T>,
+              tensor4<const T>, tensor4<T>, row_stats<T>) {
+  return false;
+}
+#endif
+
 // Runs on operands already in E's memory; p validated.
 template <class A, class T, class E>
 void run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<const T> q, tensor4<const T> k,
          tensor4<const T> v, tensor4<T> out, row_stats<T> stats) {
   constexpr bool host = kokkos_compat::host_accessible<E>;
+  if (run_cuda(be, a, p, q, k, v, out, stats)) return;
   layout g{};
   g.d = p.dim;
   g.df = a.score.feature_dim(p.dim);
