@@ -32,6 +32,7 @@ data:      --data FILE...  |  --synthetic bigram-backcopy
            --fix-token POS[:ID]  --random-tokens S:E  --prefix-lm P  --window W
 run:       --steps N (1000, the total)  --seed N (1)  --threads N  --eval-every N (100)  --metrics-every N (100)
            --log run.jsonl  --ckpt DIR  --ckpt-every N (0: only at the end)  --resume  --quiet
+           --stop-at N (stop and checkpoint after step N; the schedule still spans --steps)
            --dump-attention FILE.npy (layer 0's attention on a held-out sequence, after training)
 
 variants: )";
@@ -136,6 +137,7 @@ int run(int argc, char** argv) {
     else if (f == "--ckpt") c.ckpt_dir = value();
     else if (f == "--ckpt-every") c.ckpt_every = count(f, value());
     else if (f == "--resume") c.resume = true;
+    else if (f == "--stop-at") c.stop_at = count(f, value());
     else if (f == "--quiet") c.quiet = true;
     else if (f == "--dump-attention") s.dump_attention = value();
     else throw value_error(f, "unknown option (see attnsink-train --help)");

@@ -36,6 +36,7 @@ struct run_config {
   std::size_t eval_batches = 4, metric_sequences = 100, metric_tokens = 64;
   std::string log_path, ckpt_dir;
   bool resume = false, quiet = false;
+  std::size_t stop_at = 0;  // stop (checkpointing) after this step though the schedule spans opt.steps (0: never)
 
   // What a checkpoint must agree on to be resumed by this run.
   std::string header(const dataset& data) const {
@@ -188,7 +189,9 @@ class trainer {
         tlast = std::chrono::steady_clock::now();  // evaluation time is not training time
         done_since = 0;
       }
-      if (!cfg_.ckpt_dir.empty() && ((cfg_.ckpt_every && s1 % cfg_.ckpt_every == 0) || last)) save(s1);
+      const bool stop = cfg_.stop_at && s1 == cfg_.stop_at;
+      if (!cfg_.ckpt_dir.empty() && ((cfg_.ckpt_every && s1 % cfg_.ckpt_every == 0) || last || stop)) save(s1);
+      if (stop) break;
     }
     return 0;
   }
