@@ -139,5 +139,6 @@ inline variants::settings read_settings(const args& a, std::map<std::string, par
 int cmd_list(int argc, char** argv);
 int cmd_run(int argc, char** argv);
 int cmd_metrics(int argc, char** argv);
+int cmd_grad(int argc, char** argv);
 
 }  // namespace attnsink::cli

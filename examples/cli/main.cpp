@@ -23,6 +23,9 @@ const char* usage =
     "  attnsink metrics --variant NAME --q q.npy --k k.npy [--mask ...] [--rope] [variant flags as for run]\n"
     "               [--eps 0.3] [--k-index 1] [--raw]\n"
     "  attnsink metrics --probs a.npy [--eps 0.3] [--k-index 1] [--proxy none|nonnegative|absolute]\n"
+    "  attnsink grad --variant NAME --q q.npy --k k.npy --v v.npy --dout dO.npy --dq dq.npy --dk dk.npy\n"
+    "               --dv dv.npy [--dsink ds.npy] [--dkstar dk.npy] [--dvstar dv.npy] [--dt5-table dt.npy]\n"
+    "               [--backend reference|cpu] [--mask ...] [--rope] [variant flags as for run]\n"
     "  (any command) [--threads N]\n"
     "\n"
     "Tensors are float32 or float64 .npy, shaped (batch, heads, tokens, head_dim); k and v may have fewer\n"
@@ -34,7 +37,9 @@ const char* usage =
     "(sample, layer, head) with alpha_k > eps); streamed from q, k (samples, heads, T, d) without a T x T\n"
     "buffer, or read from weights (samples, heads, T, T) or (layers, samples, heads, T, T); a last extent\n"
     "of T + 1 holds a kv-bias key at index 0 (alpha_bias, sink_rate_bias = Sink*). Variants whose weights\n"
-    "do not sum to one are read through the paper's proxy unless --raw.\n";
+    "do not sum to one are read through the paper's proxy unless --raw.\n"
+    "grad writes dL/dq, dL/dk, dL/dv (shapes of q, k, v; grouped kv heads summed) for dO = dL/d out, and\n"
+    "each requested parameter gradient in the shape of its parameter file (--dsink needs --sink, ...).\n";
 
 struct command {
   const char* name;
@@ -44,6 +49,7 @@ const command commands[] = {
     {"list", attnsink::cli::cmd_list},
     {"run", attnsink::cli::cmd_run},
     {"metrics", attnsink::cli::cmd_metrics},
+    {"grad", attnsink::cli::cmd_grad},
 };
 
 }  // namespace
