@@ -217,7 +217,7 @@ TEST_CASE("cpu backward edge cases: fully masked rows, extreme logits, one token
   }
 }
 
-TEST_CASE("cpu backward is bit-identical whatever the thread count", "[backward][cpu][determinism]") {
+TEST_CASE("cpu backward is bit-identical whatever the thread count and schedule", "[backward][cpu][determinism]") {
   const test::operands p(2, 4, 2, 300, 300, 32, 32, 840);
   std::vector<double> sink = test::round_to_float(test::random_vector(4, 841));
   std::vector<double> ks = test::round_to_float(test::random_vector(2 * 32, 842));
@@ -232,26 +232,29 @@ TEST_CASE("cpu backward is bit-identical whatever the thread count", "[backward]
   const B bt{{}, {}, {32, 128, param_ref(table.data(), table.size())}};
   const std::vector<float> dO = test::cast<float>(test::random_vector(p.out_size(), 845));
   const tensor4<const float> dout(dO.data(), 2, 4, 300, 32);
-  auto run = [&](std::size_t threads, const auto& attn, const std::vector<test::param_slot>& sl) {
+  using cpu_bwd::schedule;
+  auto run = [&](std::size_t threads, const auto& attn, const std::vector<test::param_slot>& sl,
+                 schedule sched = schedule::two_pass) {
     tbb::global_control gc(tbb::global_control::max_allowed_parallelism, threads);
     grads<float> r(p, sl);
-    backward(backend::cpu{16, 32}, attn, p.Q<float>(), p.K<float>(), p.V<float>(), dout, r.g);
+    backward(backend::cpu{16, 32}, attn, p.Q<float>(), p.K<float>(), p.V<float>(), dout, r.g, {}, sched);
     return r;
   };
   auto same_bits = [](const std::vector<float>& x, const std::vector<float>& y) {
     return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
   };
   const auto r1 = run(1, a, slots);
-  for (std::size_t threads : {2u, 3u, 8u}) {
-    INFO(threads << " threads");
-    const auto rn = run(threads, a, slots);
-    CHECK(same_bits(r1.dq, rn.dq));
-    CHECK(same_bits(r1.dk, rn.dk));
-    CHECK(same_bits(r1.dv, rn.dv));
-    for (std::size_t i = 0; i < slots.size(); ++i) CHECK(same_bits(r1.params[i], rn.params[i]));
-  }
+  for (std::size_t threads : {1u, 2u, 3u, 8u})
+    for (schedule sched : {schedule::two_pass, schedule::fused}) {
+      INFO(threads << " threads, schedule " << int(sched));
+      const auto rn = run(threads, a, slots, sched);
+      CHECK(same_bits(r1.dq, rn.dq));
+      CHECK(same_bits(r1.dk, rn.dk));
+      CHECK(same_bits(r1.dv, rn.dv));
+      for (std::size_t i = 0; i < slots.size(); ++i) CHECK(same_bits(r1.params[i], rn.params[i]));
+    }
   const std::vector<test::param_slot> tslot = {{"dt5", &table, &param_grads<double>::bias}};
-  const auto t1 = run(1, bt, tslot), t2 = run(2, bt, tslot);
+  const auto t1 = run(1, bt, tslot), t2 = run(2, bt, tslot, schedule::fused);
   CHECK(same_bits(t1.params[0], t2.params[0]));
   CHECK(same_bits(t1.dq, t2.dq));
 }

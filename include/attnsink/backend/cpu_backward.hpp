@@ -12,6 +12,10 @@
 //             query tiles in ascending order and owns its rows of dk, dv;
 //   dq      — parallel over (batch, kv head, query tile); each task walks its
 //             key tiles in ascending order and owns its rows of dq.
+// With at least two (batch, kv head) pairs per hardware thread, one task per
+// pair runs both passes' blocks at once instead (5 tile products rather than 7,
+// one exponential per score rather than two); each row still receives the same
+// products in the same order, so the two schedules agree bit for bit (tested).
 // Per-parameter sums (sink logits, k*, v*, the T5 table, feature-map weights)
 // are formed per task (or per fixed chunk of rows) and then added in task
 // order. No result depends on which thread ran what, so gradients are
@@ -22,6 +26,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -51,6 +56,9 @@ template <class T>
 using simd = xsimd::batch<T>;
 template <class T>
 using avec = std::vector<T, xsimd::aligned_allocator<T>>;
+
+// Which loop nest runs the blocks; automatic picks from the shape and the machine only.
+enum class schedule { automatic, two_pass, fused };
 
 inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) / m * m; }
 
@@ -302,7 +310,8 @@ void backward_in_double(const backend::cpu& opt, const A& a, tensor4<const float
 template <attention_type A, class T>
   requires std::is_floating_point_v<T>
 void backward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<const T> k, tensor4<const T> v,
-              tensor4<const T> dout, gradients<T> g, saved_forward<T> saved = {}) {
+              tensor4<const T> dout, gradients<T> g, saved_forward<T> saved = {},
+              cpu_bwd::schedule sched = cpu_bwd::schedule::automatic) {
   detail::assert_differentiable<A>();
   const problem p = check_backward(a, q, k, v, dout, g);
   using norm_t = typename A::norm_type;
@@ -413,24 +422,42 @@ void backward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<c
     s.dut.assign(bk * R, T(0));
     return s;
   });
-  // dk, dv: one task per key tile.
-  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, pairs * ktiles, 1), [&](const auto& rg) {
-    auto& sc = scratch.local();
-    for (std::size_t t = rg.begin(); t != rg.end(); ++t) {
-      const std::size_t pr = t / ktiles, kt_ = t % ktiles;
-      double* tb = pl.nbias ? pl.task_bias.data() + t * pl.nbias : nullptr;
-      for (std::size_t qt = 0; qt < qtiles; ++qt) pl.template block<true, false>(sc, pr, qt, kt_, tb);
-    }
-  });
-  // dq: one task per query tile.
-  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, pairs * qtiles, 1), [&](const auto& rg) {
-    auto& sc = scratch.local();
-    for (std::size_t t = rg.begin(); t != rg.end(); ++t) {
-      const std::size_t pr = t / qtiles, qt = t % qtiles;
-      pl.tile_rows(pr, qt, pl.task_kv.data() + t * kv_stride);
-      for (std::size_t kt_ = 0; kt_ < ktiles; ++kt_) pl.template block<false, true>(sc, pr, qt, kt_, nullptr);
-    }
-  });
+  if (sched == cpu_bwd::schedule::automatic)
+    sched = pairs >= 2 * std::size_t(std::max(1u, std::thread::hardware_concurrency())) ? cpu_bwd::schedule::fused
+                                                                                         : cpu_bwd::schedule::two_pass;
+  if (sched == cpu_bwd::schedule::fused) {
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, pairs, 1), [&](const auto& rg) {
+      auto& sc = scratch.local();
+      for (std::size_t pr = rg.begin(); pr != rg.end(); ++pr) {
+        for (std::size_t qt = 0; qt < qtiles; ++qt)
+          pl.tile_rows(pr, qt, pl.task_kv.data() + (pr * qtiles + qt) * kv_stride);
+        for (std::size_t kt_ = 0; kt_ < ktiles; ++kt_) {
+          const std::size_t t = pr * ktiles + kt_;
+          double* tb = pl.nbias ? pl.task_bias.data() + t * pl.nbias : nullptr;
+          for (std::size_t qt = 0; qt < qtiles; ++qt) pl.template block<true, true>(sc, pr, qt, kt_, tb);
+        }
+      }
+    });
+  } else {
+    // dk, dv: one task per key tile.
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, pairs * ktiles, 1), [&](const auto& rg) {
+      auto& sc = scratch.local();
+      for (std::size_t t = rg.begin(); t != rg.end(); ++t) {
+        const std::size_t pr = t / ktiles, kt_ = t % ktiles;
+        double* tb = pl.nbias ? pl.task_bias.data() + t * pl.nbias : nullptr;
+        for (std::size_t qt = 0; qt < qtiles; ++qt) pl.template block<true, false>(sc, pr, qt, kt_, tb);
+      }
+    });
+    // dq: one task per query tile.
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, pairs * qtiles, 1), [&](const auto& rg) {
+      auto& sc = scratch.local();
+      for (std::size_t t = rg.begin(); t != rg.end(); ++t) {
+        const std::size_t pr = t / qtiles, qt = t % qtiles;
+        pl.tile_rows(pr, qt, pl.task_kv.data() + t * kv_stride);
+        for (std::size_t kt_ = 0; kt_ < ktiles; ++kt_) pl.template block<false, true>(sc, pr, qt, kt_, nullptr);
+      }
+    });
+  }
 
   // Back through the feature map and the rotation, row by row. Map weight
   // gradients: one sum per fixed chunk of rows, added in chunk order.
