@@ -685,6 +685,17 @@ struct kernel {
         const std::size_t nk = std::min(bk, p.tk - j0);
         const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
         if (vis == tile_visibility::skip) continue;
+        // Decode streams K and V once with little work per byte: ask for the
+        // next tile's rows while this one is computed.
+        if (j0 + bk < last.hi) {
+          const std::size_t nn = std::min(bk, p.tk - (j0 + bk));
+          for (std::size_t jj = 0; jj < nn; ++jj) {
+            const char* kr = reinterpret_cast<const char*>(keys + (j0 + bk + jj) * kstride);
+            const char* vr = reinterpret_cast<const char*>(v.row(b, hk, j0 + bk + jj));
+            for (std::size_t off = 0; off < df * sizeof(T); off += 64) __builtin_prefetch(kr + off);
+            for (std::size_t off = 0; off < dv * sizeof(T); off += 64) __builtin_prefetch(vr + off);
+          }
+        }
         dots(sc.q.data(), df, nrp, keys + j0 * kstride, kstride, nk, sc.s.data(), bk);
         for (std::size_t r = 0; r < nrp; ++r) {
           T* s = sc.s.data() + r * bk;
