@@ -2,7 +2,11 @@
 // Debian), for float and double, row-major.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
+
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 
 extern "C" {
 #include <cblas.h>
@@ -22,20 +26,39 @@ inline void gemm(bool ta, bool tb, std::size_t m, std::size_t n, std::size_t k, 
               alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
 }
 
-// y (n×out) = x (n×in) · W (in×out)
+// The products below split their output into one block per TBB thread and
+// run single-threaded BLAS in each (call openblas_set_num_threads(1)): one
+// thread pool for the whole step, instead of OpenBLAS's spinning threads
+// fighting TBB's for the same cores. A block's arithmetic does not depend on
+// how many blocks there are, so results do not depend on the thread count.
+template <class F>
+void split(std::size_t n, std::size_t min_block, F&& f) {
+  const std::size_t parts = std::max<std::size_t>(1, std::min<std::size_t>(
+                                                        std::size_t(tbb::this_task_arena::max_concurrency()), n / min_block));
+  if (parts == 1) return f(std::size_t(0), n);
+  tbb::parallel_for(std::size_t(0), parts, [&](std::size_t p) { f(n * p / parts, n * (p + 1) / parts); });
+}
+
+// y (n×out) = x (n×in) · W (in×out) + beta · y
 template <class T>
 void matmul(const T* x, const T* w, T* y, std::size_t n, std::size_t in, std::size_t out, T beta = T(0)) {
-  gemm(false, false, n, out, in, T(1), x, in, w, out, beta, y, out);
+  split(n, 64, [&](std::size_t r0, std::size_t r1) {
+    gemm(false, false, r1 - r0, out, in, T(1), x + r0 * in, in, w, out, beta, y + r0 * out, out);
+  });
 }
-// dx (n×in) (+)= dy (n×out) · Wᵀ
+// dx (n×in) = dy (n×out) · Wᵀ + beta · dx
 template <class T>
 void matmul_dx(const T* dy, const T* w, T* dx, std::size_t n, std::size_t in, std::size_t out, T beta) {
-  gemm(false, true, n, in, out, T(1), dy, out, w, out, beta, dx, in);
+  split(n, 64, [&](std::size_t r0, std::size_t r1) {
+    gemm(false, true, r1 - r0, in, out, T(1), dy + r0 * out, out, w, out, beta, dx + r0 * in, in);
+  });
 }
-// dW (in×out) += xᵀ · dy
+// dW (in×out) += xᵀ · dy, split over the rows of dW (each block reduces over all n)
 template <class T>
 void matmul_dw(const T* x, const T* dy, T* dw, std::size_t n, std::size_t in, std::size_t out) {
-  gemm(true, false, in, out, n, T(1), x, in, dy, out, T(1), dw, out);
+  split(in, 16, [&](std::size_t r0, std::size_t r1) {
+    gemm(true, false, r1 - r0, out, n, T(1), x + r0, in, dy, out, T(1), dw + r0 * out, out);
+  });
 }
 
 }  // namespace attnsink::train

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include <tbb/parallel_for.h>
+#include <xsimd/xsimd.hpp>
 
 #include "../attention.hpp"
 #include "../backend/reference_backward.hpp"
@@ -79,6 +80,42 @@ T act_derivative(ffn_act a, T u) {
     }
   }
 }
+// h[i] = silu(u[i]) · (w ? w[i] : 1) over [0, n), vectorized: the FFN's
+// elementwise work is a large share of a small model's step.
+template <class T>
+void silu_forward(const T* u, const T* w, T* h, std::size_t n) {
+  using B = xsimd::batch<T>;
+  std::size_t i = 0;
+  for (; i + B::size <= n; i += B::size) {
+    const B x = B::load_unaligned(u + i);
+    B y = x / (B(T(1)) + xsimd::exp(-x));
+    if (w) y *= B::load_unaligned(w + i);
+    y.store_unaligned(h + i);
+  }
+  for (; i < n; ++i) h[i] = u[i] * sigm(u[i]) * (w ? w[i] : T(1));
+}
+// dw[i] = dh[i] · silu(u[i]) (when w), dh[i] ← dh[i] · (w ? w[i] : 1) · silu'(u[i])
+template <class T>
+void silu_backward(const T* u, const T* w, T* dh, T* dw, std::size_t n) {
+  using B = xsimd::batch<T>;
+  std::size_t i = 0;
+  for (; i + B::size <= n; i += B::size) {
+    const B x = B::load_unaligned(u + i), g = B::load_unaligned(dh + i);
+    const B sg = B(T(1)) / (B(T(1)) + xsimd::exp(-x));
+    if (w) {
+      (g * x * sg).store_unaligned(dw + i);
+      (g * B::load_unaligned(w + i) * sg * (B(T(1)) + x * (B(T(1)) - sg))).store_unaligned(dh + i);
+    } else {
+      (g * sg * (B(T(1)) + x * (B(T(1)) - sg))).store_unaligned(dh + i);
+    }
+  }
+  for (; i < n; ++i) {
+    const T sg = sigm(u[i]);
+    if (w) dw[i] = dh[i] * u[i] * sg;
+    dh[i] = dh[i] * (w ? w[i] : T(1)) * sg * (T(1) + u[i] * (T(1) - sg));
+  }
+}
+
 template <class F>
 void rows(std::size_t n, F&& f) {
   tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 64), [&](const auto& r) {
@@ -105,6 +142,7 @@ class model {
   static constexpr bool has_t5 = std::is_same_v<typename A::bias_type, bias::t5_relative>;
 
   model(const model_config& c, A attn, Backend be = {}) : cfg_(c), attn_(attn), be_(be) {
+    openblas_set_num_threads(1);  // blas.hpp splits products over TBB threads itself
     if (c.d_model % c.heads) throw value_error("heads", "must divide d_model");
     if (c.kv_heads == 0 || c.heads % c.kv_heads) throw value_error("kv_heads", "must divide heads");
     if (c.rope && c.head_dim() % 2) throw value_error("pos", "rope needs an even head dimension");
@@ -211,11 +249,22 @@ class model {
       T* z = logits_.data() + i * V;
       T m = z[0];
       for (std::size_t j = 1; j < V; ++j) m = std::max(m, z[j]);
-      double s = 0;
-      for (std::size_t j = 0; j < V; ++j) s += std::exp(double(z[j] - m));
-      const double lse = double(m) + std::log(s);
-      if (loss_mask.empty() || loss_mask[i]) row_loss[i] = lse - double(z[targets[i]]);
-      for (std::size_t j = 0; j < V; ++j) z[j] = T(std::exp(double(z[j]) - lse));
+      // softmax in place (vectorized exp), then the loss from its log
+      using Bt = xsimd::batch<T>;
+      const double zt = double(z[targets[i]]) - double(m);
+      const Bt mb(m);
+      Bt sb(T(0));
+      std::size_t j = 0;
+      for (; j + Bt::size <= V; j += Bt::size) {
+        const Bt e = xsimd::exp(Bt::load_unaligned(z + j) - mb);
+        e.store_unaligned(z + j);
+        sb += e;
+      }
+      double s = double(xsimd::hadd(sb));
+      for (; j < V; ++j) s += z[j] = std::exp(z[j] - m);
+      if (loss_mask.empty() || loss_mask[i]) row_loss[i] = std::log(s) - zt;
+      const T inv = T(1.0 / s);
+      for (j = 0; j < V; ++j) z[j] *= inv;
     });
     double loss = 0;
     for (double r : row_loss) loss += r;
@@ -435,7 +484,9 @@ class model {
       const T* u = u_[l].data();
       const T* w = gated(cfg_.act) ? w_[l].data() : nullptr;
       T* h = h_[l].data();
+      const bool silu = cfg_.act == ffn_act::swiglu || cfg_.act == ffn_act::swish;
       detail::rows(N, [&](std::size_t i) {
+        if (silu) return detail::silu_forward(u + i * f, w ? w + i * f : nullptr, h + i * f, f);
         for (std::size_t c = i * f; c < (i + 1) * f; ++c) h[c] = detail::act_value(cfg_.act, u[c]) * (w ? w[c] : T(1));
       });
     }
@@ -469,7 +520,9 @@ class model {
       const T* u = u_[l].data();
       const T* w = gated(cfg_.act) ? w_[l].data() : nullptr;
       T* dw = t_f2_.data();
+      const bool silu = cfg_.act == ffn_act::swiglu || cfg_.act == ffn_act::swish;
       detail::rows(N, [&](std::size_t i) {
+        if (silu) return detail::silu_backward(u + i * f, w ? w + i * f : nullptr, dh + i * f, w ? dw + i * f : nullptr, f);
         for (std::size_t c = i * f; c < (i + 1) * f; ++c) {
           const T av = detail::act_value(cfg_.act, u[c]);
           if (w) dw[c] = dh[c] * av;
