@@ -3,8 +3,7 @@
 // Counters: GFLOPS with backward FLOPs = 2.5 × the forward's (forward =
 // 4·B·H·d · visible (query, key) pairs, so a causal mask halves both), counted
 // the same way for every variant whatever its own cost; peak_frac = GFLOPS over
-// BM_backward_fma_peak (this file's own FMA peak, measured in the same process
-// with the same threads); threads. The forward runs once outside the timing;
+// BM_fma_peak (the FMA peak measured in the same process with the same threads); threads. The forward runs once outside the timing;
 // the timed loop is the backward alone, given the forward's output and row state.
 // Threads = ATTNSINK_BENCH_THREADS or every hardware thread.
 #include <benchmark/benchmark.h>
@@ -25,63 +24,15 @@
 #include <attnsink/cpu.hpp>
 #include <attnsink/variants.hpp>
 
+#include "bench_common.hpp"
+
 namespace {
 
 using namespace attnsink;
 using kind = mask::dynamic::kind;
 
-std::size_t threads_to_use() {
-  if (const char* s = std::getenv("ATTNSINK_BENCH_THREADS")) return std::max(1, std::atoi(s));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
-// GFLOP/s of n threads each running 12 independent chains of vector FMAs at
-// the SIMD width of this binary (enough chains for latency × ports on x86).
-double fma_peak_gflops(std::size_t n, std::size_t iters) {
-  using V = xsimd::batch<float>;
-  constexpr std::size_t chains = 12;
-  std::atomic<std::size_t> ready{0};
-  std::atomic<bool> go{false};
-  std::vector<float> out(n);
-  std::vector<std::thread> pool;
-  for (std::size_t t = 0; t < n; ++t)
-    pool.emplace_back([&, t] {
-      V acc[chains];
-      for (std::size_t c = 0; c < chains; ++c) acc[c] = V(float(c + t) * 1e-3f);
-      const V mul(0.9999999f), add(1e-7f);
-      ready.fetch_add(1);
-      while (!go.load()) {
-      }
-      for (std::size_t i = 0; i < iters; ++i)
-#pragma GCC unroll 12
-        for (std::size_t c = 0; c < chains; ++c) acc[c] = xsimd::fma(acc[c], mul, add);
-      V s(0.f);
-      for (std::size_t c = 0; c < chains; ++c) s += acc[c];
-      out[t] = xsimd::hadd(s);
-    });
-  while (ready.load() < n) {
-  }
-  const auto t0 = std::chrono::steady_clock::now();
-  go.store(true);
-  for (auto& th : pool) th.join();
-  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  benchmark::DoNotOptimize(out.data());
-  return 2.0 * double(V::size) * chains * double(iters) * double(n) / sec * 1e-9;
-}
-
-double g_bwd_peak = 0;
-double bwd_peak() {
-  if (g_bwd_peak == 0) g_bwd_peak = fma_peak_gflops(threads_to_use(), 20'000'000);
-  return g_bwd_peak;
-}
-
-void BM_backward_fma_peak(benchmark::State& state) {
-  double best = 0;
-  for (auto _ : state) best = std::max(best, fma_peak_gflops(threads_to_use(), 20'000'000));
-  g_bwd_peak = std::max(g_bwd_peak, best);
-  state.counters["GFLOPS"] = best;
-  state.counters["threads"] = double(threads_to_use());
-}
+std::size_t threads_to_use() { return bench::threads(); }
+double bwd_peak() { return bench::peak_gflops(); }
 
 std::vector<float> random_floats(std::size_t n, unsigned seed) {
   std::mt19937 gen(seed);
@@ -143,7 +94,6 @@ void register_backward(const std::string& name, mask::dynamic m, std::size_t kv_
 }
 
 [[maybe_unused]] const bool registered = [] {
-  benchmark::RegisterBenchmark("BM_backward_fma_peak", BM_backward_fma_peak)->Iterations(3)->UseRealTime();
   register_backward<variants::softmax>("softmax/full", {kind::none, 0}, 8, {512, 2048, 4096}, {64, 128});
   register_backward<variants::softmax>("softmax/causal", {kind::causal, 0}, 8, {2048, 4096}, {128});
   register_backward<variants::softmax>("softmax/causal/gqa4", {kind::causal, 0}, 2, {2048}, {128});

@@ -33,6 +33,8 @@
 #include <attnsink/cpu.hpp>
 #include <attnsink/variants.hpp>
 
+#include "bench_common.hpp"
+
 #ifdef ATTNSINK_BENCH_XTENSOR_BLAS
 #include <xtensor-blas/xlinalg.hpp>
 #include <xtensor/xadapt.hpp>
@@ -46,10 +48,7 @@ namespace {
 using namespace attnsink;
 using clock_type = std::chrono::steady_clock;
 
-std::size_t bench_threads() {
-  if (const char* s = std::getenv("ATTNSINK_BENCH_THREADS"); s && std::atoi(s) > 0) return std::size_t(std::atoi(s));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
+std::size_t bench_threads() { return bench::threads(); }
 
 // Caps TBB (our forward) at the benchmark's thread count for the whole process.
 const tbb::global_control& thread_cap() {
@@ -61,69 +60,12 @@ double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
-// CPU seconds of the whole process (every thread): GFLOPS per CPU-second is
-// what the kernel does while it runs, which other load on the machine hardly
-// changes; wall-clock GFLOPS is the headline number.
-double process_cpu_seconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
+using bench::process_cpu_seconds;
 
 // ---- the machine: FMA peak and copy bandwidth
 
-// GFLOP/s of `threads` threads each running independent chains of vector FMAs
-// at the SIMD width this binary's kernels use. 12 chains cover latency × ports
-// (4 × 2) on current x86 cores with room to spare, and fit 16 registers.
-// cpu_gflops, when given, receives the same per CPU-second of each thread, summed.
-double fma_gflops(std::size_t threads, std::size_t iters, double* cpu_gflops = nullptr) {
-  using V = xsimd::batch<float>;
-  constexpr std::size_t chains = 12;
-  std::atomic<std::size_t> ready{0};
-  std::atomic<bool> go{false};
-  std::vector<float> sink(threads);
-  std::vector<double> cpu(threads);
-  const double flops_per_thread = 2.0 * double(V::size) * chains * double(iters);
-  std::vector<std::thread> pool;
-  for (std::size_t t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] {
-      V acc[chains];
-      for (std::size_t c = 0; c < chains; ++c) acc[c] = V(float(c + t) * 1e-3f);
-      const V mul(0.9999999f), add(1e-7f);
-      ready.fetch_add(1);
-      while (!go.load()) {
-      }
-      timespec c0{}, c1{};
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
-      for (std::size_t i = 0; i < iters; ++i)
-#pragma GCC unroll 12
-        for (std::size_t c = 0; c < chains; ++c) acc[c] = xsimd::fma(acc[c], mul, add);
-      V s(0.f);
-      for (std::size_t c = 0; c < chains; ++c) s += acc[c];
-      sink[t] = xsimd::hadd(s);
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
-      cpu[t] = double(c1.tv_sec - c0.tv_sec) + 1e-9 * double(c1.tv_nsec - c0.tv_nsec);
-    });
-  while (ready.load() < threads) {
-  }
-  const auto t0 = clock_type::now();
-  go.store(true);
-  for (auto& th : pool) th.join();
-  const double s = seconds_since(t0);
-  benchmark::DoNotOptimize(sink.data());
-  if (cpu_gflops) {
-    *cpu_gflops = 0;
-    for (double c : cpu) *cpu_gflops += flops_per_thread / c * 1e-9;
-  }
-  return flops_per_thread * double(threads) / s * 1e-9;
-}
-
-double g_peak = 0;  // the best BM_fma_peak reading of this process
-
-double peak_gflops() {
-  if (g_peak == 0) g_peak = fma_gflops(bench_threads(), 20'000'000);
-  return g_peak;
-}
+using bench::fma_gflops;
+using bench::peak_gflops;
 
 void BM_fma_peak(benchmark::State& state) {
   double best = 0, best_cpu = 0;
@@ -132,7 +74,7 @@ void BM_fma_peak(benchmark::State& state) {
     best = std::max(best, fma_gflops(bench_threads(), 20'000'000, &c));
     best_cpu = std::max(best_cpu, c);
   }
-  g_peak = std::max(g_peak, best);
+  bench::peak_store() = std::max(bench::peak_store(), best);
   state.counters["GFLOPS"] = best;
   state.counters["cpu_GFLOPS"] = best_cpu;
   state.counters["threads"] = double(bench_threads());

@@ -254,49 +254,48 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
   }
 }
 
-// acc[r][0..dv) += Σ_{j<nk} p[r][j] · v_j for rows [0, nr), nr a multiple of 4.
+// C[r][0..n) += Σ_{j<nk} P[r][j] · B[j][0..n) for r < nr (a multiple of 4).
+// Each output element is one FMA chain in ascending j: the order is fixed.
 template <class T>
-inline void accumulate(const T* p, std::size_t ld, const T* v, std::size_t vstride, std::size_t nk, T* acc,
-                       std::size_t nr, std::size_t dv) {
+inline void gemm_acc(const T* P, std::size_t ldp, const T* B, std::size_t ldb, std::size_t nk, T* C, std::size_t ldc,
+                     std::size_t nr, std::size_t n) {
   constexpr std::size_t W = simd<T>::size;
-  const std::size_t dvv = dv - dv % W;
   for (std::size_t r = 0; r < nr; r += 4) {
-    const T* p0 = p + r * ld;
-    T* o0 = acc + r * dv;
+    const T* p0 = P + r * ldp;
+    T* o0 = C + r * ldc;
     std::size_t e = 0;
-    for (; e + 2 * W <= dvv; e += 2 * W) {
+    for (; e + 2 * W <= n; e += 2 * W) {
       simd<T> a00 = simd<T>::load_unaligned(o0 + e), a01 = simd<T>::load_unaligned(o0 + e + W);
-      simd<T> a10 = simd<T>::load_unaligned(o0 + dv + e), a11 = simd<T>::load_unaligned(o0 + dv + e + W);
-      simd<T> a20 = simd<T>::load_unaligned(o0 + 2 * dv + e), a21 = simd<T>::load_unaligned(o0 + 2 * dv + e + W);
-      simd<T> a30 = simd<T>::load_unaligned(o0 + 3 * dv + e), a31 = simd<T>::load_unaligned(o0 + 3 * dv + e + W);
-      const T* vj = v + e;
-      for (std::size_t j = 0; j < nk; ++j, vj += vstride) {
-        const simd<T> v0 = simd<T>::load_unaligned(vj), v1 = simd<T>::load_unaligned(vj + W);
-        const simd<T> b0(p0[j]), b1(p0[ld + j]), b2(p0[2 * ld + j]), b3(p0[3 * ld + j]);
-        a00 = xsimd::fma(b0, v0, a00); a01 = xsimd::fma(b0, v1, a01);
-        a10 = xsimd::fma(b1, v0, a10); a11 = xsimd::fma(b1, v1, a11);
-        a20 = xsimd::fma(b2, v0, a20); a21 = xsimd::fma(b2, v1, a21);
-        a30 = xsimd::fma(b3, v0, a30); a31 = xsimd::fma(b3, v1, a31);
+      simd<T> a10 = simd<T>::load_unaligned(o0 + ldc + e), a11 = simd<T>::load_unaligned(o0 + ldc + e + W);
+      simd<T> a20 = simd<T>::load_unaligned(o0 + 2 * ldc + e), a21 = simd<T>::load_unaligned(o0 + 2 * ldc + e + W);
+      simd<T> a30 = simd<T>::load_unaligned(o0 + 3 * ldc + e), a31 = simd<T>::load_unaligned(o0 + 3 * ldc + e + W);
+      const T* bj = B + e;
+      for (std::size_t j = 0; j < nk; ++j, bj += ldb) {
+        const simd<T> b0 = simd<T>::load_unaligned(bj), b1 = simd<T>::load_unaligned(bj + W);
+        const simd<T> x0(p0[j]), x1(p0[ldp + j]), x2(p0[2 * ldp + j]), x3(p0[3 * ldp + j]);
+        a00 = xsimd::fma(x0, b0, a00); a01 = xsimd::fma(x0, b1, a01);
+        a10 = xsimd::fma(x1, b0, a10); a11 = xsimd::fma(x1, b1, a11);
+        a20 = xsimd::fma(x2, b0, a20); a21 = xsimd::fma(x2, b1, a21);
+        a30 = xsimd::fma(x3, b0, a30); a31 = xsimd::fma(x3, b1, a31);
       }
       a00.store_unaligned(o0 + e); a01.store_unaligned(o0 + e + W);
-      a10.store_unaligned(o0 + dv + e); a11.store_unaligned(o0 + dv + e + W);
-      a20.store_unaligned(o0 + 2 * dv + e); a21.store_unaligned(o0 + 2 * dv + e + W);
-      a30.store_unaligned(o0 + 3 * dv + e); a31.store_unaligned(o0 + 3 * dv + e + W);
+      a10.store_unaligned(o0 + ldc + e); a11.store_unaligned(o0 + ldc + e + W);
+      a20.store_unaligned(o0 + 2 * ldc + e); a21.store_unaligned(o0 + 2 * ldc + e + W);
+      a30.store_unaligned(o0 + 3 * ldc + e); a31.store_unaligned(o0 + 3 * ldc + e + W);
     }
-    for (; e + W <= dvv; e += W) {
+    for (; e + W <= n; e += W)
       for (std::size_t rr = 0; rr < 4; ++rr) {
-        simd<T> a = simd<T>::load_unaligned(o0 + rr * dv + e);
-        const T* vj = v + e;
-        for (std::size_t j = 0; j < nk; ++j, vj += vstride)
-          a = xsimd::fma(simd<T>(p0[rr * ld + j]), simd<T>::load_unaligned(vj), a);
-        a.store_unaligned(o0 + rr * dv + e);
+        simd<T> a = simd<T>::load_unaligned(o0 + rr * ldc + e);
+        const T* bj = B + e;
+        for (std::size_t j = 0; j < nk; ++j, bj += ldb)
+          a = xsimd::fma(simd<T>(p0[rr * ldp + j]), simd<T>::load_unaligned(bj), a);
+        a.store_unaligned(o0 + rr * ldc + e);
       }
-    }
-    for (; e < dv; ++e)
+    for (; e < n; ++e)
       for (std::size_t rr = 0; rr < 4; ++rr) {
-        T a = o0[rr * dv + e];
-        for (std::size_t j = 0; j < nk; ++j) a += p0[rr * ld + j] * v[j * vstride + e];
-        o0[rr * dv + e] = a;
+        T a = o0[rr * ldc + e];
+        for (std::size_t j = 0; j < nk; ++j) a = std::fma(p0[rr * ldp + j], B[j * ldb + e], a);
+        o0[rr * ldc + e] = a;
       }
   }
 }
@@ -717,7 +716,7 @@ struct kernel {
             }
           update(sc, r, s, c0, c1, nk);
         }
-        accumulate(sc.s.data(), bk, v.row(b, hk, j0), v.stride_t, nk, sc.acc.data(), nrp, dv);
+        gemm_acc(sc.s.data(), bk, v.row(b, hk, j0), v.stride_t, nk, sc.acc.data(), dv, nrp, dv);
       }
     }
     for (std::size_t r = 0; r < nr; ++r) {

@@ -62,6 +62,20 @@ enum class schedule { automatic, two_pass, fused };
 
 inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) / m * m; }
 
+using cpu_detail::gemm_acc;  // the forward's P·V product, with an output stride
+
+// Normalizations whose float backward cannot reach 1e-4 of the double oracle,
+// so float calls run in double (measured, not bugs):
+// - a signed denominator (abs_clamped) can cancel below float's resolution of its terms;
+// - softpick's gradient jumps at s = 0: a score within float rounding of zero
+//   lands on either side (one such score in a 1000-token causal row moved dq by 2e-4);
+// - normalized<F> (and softpick) rows with one visible key have p ≈ 1 and
+//   dS = f'·f·(dP − p·dP) cancels to (1 − p), ~2e-4 relative in float.
+template <class N>
+inline constexpr bool float_too_coarse =
+    (N::has_denominator && !N::non_negative) || std::is_same_v<N, norm::softpick> ||
+    requires { typename N::function; };  // norm::normalized<F>
+
 // C[r][0..n) = Σ_{c<kd} A[r][c] · Bt[c][0..n) for r < nr (a multiple of 4);
 // n a multiple of 2W; Bt and C aligned with row strides multiples of W.
 template <class T>
@@ -87,52 +101,6 @@ inline void gemm_nt(const T* A, std::size_t lda, const T* Bt, std::size_t ldb, T
       c20.store_aligned(c0 + 2 * ldc); c21.store_aligned(c0 + 2 * ldc + W);
       c30.store_aligned(c0 + 3 * ldc); c31.store_aligned(c0 + 3 * ldc + W);
     }
-  }
-}
-
-// C[r][0..n) += Σ_{j<nk} P[r][j] · B[j][0..n) for r < nr (a multiple of 4).
-// Each output element is one FMA chain in ascending j: the order is fixed.
-template <class T>
-inline void gemm_acc(const T* P, std::size_t ldp, const T* B, std::size_t ldb, std::size_t nk, T* C, std::size_t ldc,
-                     std::size_t nr, std::size_t n) {
-  constexpr std::size_t W = simd<T>::size;
-  for (std::size_t r = 0; r < nr; r += 4) {
-    const T* p0 = P + r * ldp;
-    T* o0 = C + r * ldc;
-    std::size_t e = 0;
-    for (; e + 2 * W <= n; e += 2 * W) {
-      simd<T> a00 = simd<T>::load_unaligned(o0 + e), a01 = simd<T>::load_unaligned(o0 + e + W);
-      simd<T> a10 = simd<T>::load_unaligned(o0 + ldc + e), a11 = simd<T>::load_unaligned(o0 + ldc + e + W);
-      simd<T> a20 = simd<T>::load_unaligned(o0 + 2 * ldc + e), a21 = simd<T>::load_unaligned(o0 + 2 * ldc + e + W);
-      simd<T> a30 = simd<T>::load_unaligned(o0 + 3 * ldc + e), a31 = simd<T>::load_unaligned(o0 + 3 * ldc + e + W);
-      const T* bj = B + e;
-      for (std::size_t j = 0; j < nk; ++j, bj += ldb) {
-        const simd<T> b0 = simd<T>::load_unaligned(bj), b1 = simd<T>::load_unaligned(bj + W);
-        const simd<T> x0(p0[j]), x1(p0[ldp + j]), x2(p0[2 * ldp + j]), x3(p0[3 * ldp + j]);
-        a00 = xsimd::fma(x0, b0, a00); a01 = xsimd::fma(x0, b1, a01);
-        a10 = xsimd::fma(x1, b0, a10); a11 = xsimd::fma(x1, b1, a11);
-        a20 = xsimd::fma(x2, b0, a20); a21 = xsimd::fma(x2, b1, a21);
-        a30 = xsimd::fma(x3, b0, a30); a31 = xsimd::fma(x3, b1, a31);
-      }
-      a00.store_unaligned(o0 + e); a01.store_unaligned(o0 + e + W);
-      a10.store_unaligned(o0 + ldc + e); a11.store_unaligned(o0 + ldc + e + W);
-      a20.store_unaligned(o0 + 2 * ldc + e); a21.store_unaligned(o0 + 2 * ldc + e + W);
-      a30.store_unaligned(o0 + 3 * ldc + e); a31.store_unaligned(o0 + 3 * ldc + e + W);
-    }
-    for (; e + W <= n; e += W)
-      for (std::size_t rr = 0; rr < 4; ++rr) {
-        simd<T> a = simd<T>::load_unaligned(o0 + rr * ldc + e);
-        const T* bj = B + e;
-        for (std::size_t j = 0; j < nk; ++j, bj += ldb)
-          a = xsimd::fma(simd<T>(p0[rr * ldp + j]), simd<T>::load_unaligned(bj), a);
-        a.store_unaligned(o0 + rr * ldc + e);
-      }
-    for (; e < n; ++e)
-      for (std::size_t rr = 0; rr < 4; ++rr) {
-        T a = o0[rr * ldc + e];
-        for (std::size_t j = 0; j < nk; ++j) a = std::fma(p0[rr * ldp + j], B[j * ldb + e], a);
-        o0[rr * ldc + e] = a;
-      }
   }
 }
 
@@ -315,9 +283,7 @@ void backward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<c
   detail::assert_differentiable<A>();
   const problem p = check_backward(a, q, k, v, dout, g);
   using norm_t = typename A::norm_type;
-  if constexpr (std::is_same_v<T, float> && norm_t::has_denominator && !norm_t::non_negative) {
-    // As in the forward: a signed denominator can cancel below float's
-    // resolution of its terms, so this case runs in double throughout.
+  if constexpr (std::is_same_v<T, float> && cpu_bwd::float_too_coarse<norm_t>) {
     return cpu_bwd::backward_in_double(opt, a, q, k, v, dout, g);
   }
   using P = cpu_bwd::plan<A, T>;

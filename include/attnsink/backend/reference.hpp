@@ -27,6 +27,31 @@ struct probs_view {
 
 namespace detail {
 
+// One row normalized in one shot, as the reference backends do it: w[col] =
+// norm.weight(s[col], m) for visible columns (0 elsewhere), and the final
+// state (m, l) and finish factor f, so that p[col] = w[col] · f.
+struct row_result {
+  double m, l, f;
+};
+template <class N, class Visible>
+row_result normalize_row(const N& norm, std::size_t head, const std::vector<double>& s, std::vector<double>& w,
+                         std::size_t cols, Visible visible) {
+  const row_init init = norm.init(head);
+  double m = init.m, l = init.l;
+  if constexpr (N::tracks_max) {
+    for (std::size_t col = 0; col < cols; ++col)
+      if (visible(col)) m = std::max(m, s[col]);
+    if (m != init.m) l *= math::exp(init.m - m);
+  }
+  for (std::size_t col = 0; col < cols; ++col) {
+    w[col] = 0;
+    if (!visible(col)) continue;
+    w[col] = norm.weight(s[col], m);
+    l += norm.mass(s[col], m);
+  }
+  return {m, l, norm.finish(m, l)};
+}
+
 // Query position i (row) of a call with tq queries and tk keys.
 inline std::ptrdiff_t query_position(std::size_t row, std::size_t tq, std::size_t tk) {
   return mask::detail::qpos(row, tq, tk);
@@ -42,7 +67,6 @@ void forward(backend::reference, const A& a, tensor4<const T> q, tensor4<const T
              tensor4<T> out, row_stats<T> stats = {}, probs_view<T> probs = {}) {
   const problem p = check_forward(a, q, k, v, out);
   using bias_t = typename A::bias_type;
-  using norm_t = typename A::norm_type;
   constexpr bool has_kv = bias_t::has_kv;
   const std::size_t d = p.dim, dv = p.vdim, df = a.score.feature_dim(d);
   const std::size_t group = p.heads / p.kv_heads, cols = p.tk + (has_kv ? 1 : 0);
@@ -86,21 +110,8 @@ void forward(backend::reference, const A& a, tensor4<const T> q, tensor4<const T
               s[j + off] += a.bias.value(site{b, h, p.heads, qp, std::ptrdiff_t(j), i, p.tq, p.tk, causal});
           }
           // Normalize: the state after every visible key, in one shot.
-          const row_init init = a.norm.init(h);
-          double m = init.m, l = init.l;
           auto visible = [&](std::size_t col) { return (has_kv && col == 0) || (col >= r.lo + off && col < r.hi + off); };
-          if constexpr (norm_t::tracks_max) {
-            for (std::size_t col = 0; col < cols; ++col)
-              if (visible(col)) m = std::max(m, s[col]);
-            if (m != init.m) l *= math::exp(init.m - m);
-          }
-          for (std::size_t col = 0; col < cols; ++col) {
-            w[col] = 0;
-            if (!visible(col)) continue;
-            w[col] = a.norm.weight(s[col], m);
-            l += a.norm.mass(s[col], m);
-          }
-          const double f = a.norm.finish(m, l);
+          const auto [m, l, f] = detail::normalize_row(a.norm, h, s, w, cols, visible);
           std::fill(o.begin(), o.end(), 0.0);
           if constexpr (has_kv)
             for (std::size_t e = 0; e < dv; ++e) o[e] += w[0] * f * a.bias.vstar(hk, e, dv);

@@ -81,21 +81,8 @@ void backward(backend::reference, const A& a, tensor4<const T> q, tensor4<const 
               s[j + off] += a.bias.value(site{b, h, p.heads, qp, std::ptrdiff_t(j), i, p.tq, p.tk, causal});
           }
           // forward: the row state (m, l) after every visible key
-          const row_init init = a.norm.init(h);
-          double m = init.m, l = init.l;
           auto visible = [&](std::size_t col) { return (has_kv && col == 0) || (col >= r.lo + off && col < r.hi + off); };
-          if constexpr (norm_t::tracks_max) {
-            for (std::size_t col = 0; col < cols; ++col)
-              if (visible(col)) m = std::max(m, s[col]);
-            if (m != init.m) l *= math::exp(init.m - m);
-          }
-          for (std::size_t col = 0; col < cols; ++col) {
-            w[col] = 0;
-            if (!visible(col)) continue;
-            w[col] = a.norm.weight(s[col], m);
-            l += a.norm.mass(s[col], m);
-          }
-          const double f = a.norm.finish(m, l);
+          const auto [m, l, f] = detail::normalize_row(a.norm, h, s, w, cols, visible);
 
           // forward: o = Σ_col p_col v_col, p_col = w_col · f
           // backward: dP_col = dO · v_col, dv_col += p_col dO, D = Σ_col p_col dP_col

@@ -1,0 +1,92 @@
+// benchmarks/bench_common.hpp — what every part of attnsink_bench shares: the
+// thread count, this machine's fp32 FMA peak measured in the same process, and
+// process CPU time.
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+#include <sys/resource.h>
+#include <time.h>
+
+#include <xsimd/xsimd.hpp>
+
+namespace attnsink::bench {
+
+// ATTNSINK_BENCH_THREADS, or every hardware thread.
+inline std::size_t threads() {
+  if (const char* s = std::getenv("ATTNSINK_BENCH_THREADS"); s && std::atoi(s) > 0) return std::size_t(std::atoi(s));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// CPU seconds of the whole process (every thread).
+inline double process_cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+// GFLOP/s of `n` threads each running independent chains of vector FMAs at
+// the SIMD width this binary's kernels use. 12 chains cover latency × ports
+// (4 × 2) on current x86 cores with room to spare, and fit 16 registers.
+// cpu_gflops, when given, receives the same per CPU-second of each thread, summed.
+inline double fma_gflops(std::size_t n, std::size_t iters, double* cpu_gflops = nullptr) {
+  using V = xsimd::batch<float>;
+  constexpr std::size_t chains = 12;
+  std::atomic<std::size_t> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<float> sink(n);
+  std::vector<double> cpu(n);
+  const double flops_per_thread = 2.0 * double(V::size) * chains * double(iters);
+  std::vector<std::thread> pool;
+  for (std::size_t t = 0; t < n; ++t)
+    pool.emplace_back([&, t] {
+      V acc[chains];
+      for (std::size_t c = 0; c < chains; ++c) acc[c] = V(float(c + t) * 1e-3f);
+      const V mul(0.9999999f), add(1e-7f);
+      ready.fetch_add(1);
+      while (!go.load()) {
+      }
+      timespec c0{}, c1{};
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+      for (std::size_t i = 0; i < iters; ++i)
+#pragma GCC unroll 12
+        for (std::size_t c = 0; c < chains; ++c) acc[c] = xsimd::fma(acc[c], mul, add);
+      V s(0.f);
+      for (std::size_t c = 0; c < chains; ++c) s += acc[c];
+      sink[t] = xsimd::hadd(s);
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+      cpu[t] = double(c1.tv_sec - c0.tv_sec) + 1e-9 * double(c1.tv_nsec - c0.tv_nsec);
+    });
+  while (ready.load() < n) {
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  go.store(true);
+  for (auto& th : pool) th.join();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  benchmark::DoNotOptimize(sink.data());
+  if (cpu_gflops) {
+    *cpu_gflops = 0;
+    for (double c : cpu) *cpu_gflops += flops_per_thread / c * 1e-9;
+  }
+  return flops_per_thread * double(n) / s * 1e-9;
+}
+
+// The best FMA peak this process has measured (BM_fma_peak raises it); the
+// first call measures once if nothing has yet.
+inline double& peak_store() {
+  static double peak = 0;
+  return peak;
+}
+inline double peak_gflops() {
+  if (peak_store() == 0) peak_store() = fma_gflops(threads(), 20'000'000);
+  return peak_store();
+}
+
+}  // namespace attnsink::bench
