@@ -75,15 +75,16 @@ def plot_runs(paths, out):
 def plot_attention(path, out):
     import numpy as np
 
-    a = np.load(path)  # (1, heads, T, T [+1])
+    a = np.load(path)  # (layers, heads, T, keys) from attnsink-train --dump-attention
     if a.ndim != 4:
-        sys.exit(f"plot_runs: error: {path}: expected (batch, heads, T, keys), got shape {a.shape}")
-    heads = a.shape[1]
-    fig, axes = plt.subplots(1, heads, figsize=(3.2 * heads, 3.2), squeeze=False)
-    for h in range(heads):
-        ax = axes[0][h]
-        ax.imshow(a[0, h], cmap="viridis", vmin=0, vmax=max(1e-9, float(a[0, h].max())))
-        ax.set(title=f"head {h}", xlabel="key", ylabel="query")
+        sys.exit(f"plot_runs: error: {path}: expected (layers, heads, T, keys), got shape {a.shape}")
+    layers, heads = a.shape[0], a.shape[1]
+    fig, axes = plt.subplots(layers, heads, figsize=(3.2 * heads, 3.2 * layers), squeeze=False)
+    for l in range(layers):
+        for h in range(heads):
+            ax = axes[l][h]
+            ax.imshow(a[l, h], cmap="viridis", vmin=0, vmax=max(1e-9, float(a[l, h].max())))
+            ax.set(title=f"layer {l}, head {h}", xlabel="key", ylabel="query")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 

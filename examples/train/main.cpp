@@ -37,7 +37,7 @@ run:       --steps N (1000, the total)  --seed N (1)  --threads N  --eval-every 
            --log-every N (10: progress line and JSONL record)
            --log run.jsonl  --ckpt DIR  --ckpt-every N (0: only at the end)  --resume  --quiet
            --stop-at N (stop and checkpoint after step N; the schedule still spans --steps)
-           --dump-attention FILE.npy (layer 0's attention on a held-out sequence, after training)
+           --dump-attention FILE.npy (after training: (layers, heads, T, keys) attention on a held-out sequence)
 
 variants: )";
 

@@ -21,7 +21,7 @@ namespace attnsink::train {
 struct run_setup {
   run_config cfg;
   std::unique_ptr<dataset> data;
-  std::string dump_attention;  // after training: write layer 0's attention map (.npy) here
+  std::string dump_attention;  // after training: write every layer's attention on a held-out sequence (.npy)
 };
 
 #define ATTNSINK_DECLARE(name) int train_##name(const run_setup&);
@@ -43,16 +43,17 @@ int train_variant(const run_setup& s) {
                  s.data->describe().c_str());
   const int rc = t.run();
   if (rc == 0 && !s.dump_attention.empty()) {
-    // One held-out sequence's layer-0 weights through the reference backend.
+    // One held-out sequence's weights in every layer, through the reference backend: (layers, heads, T, keys).
     const std::size_t T = std::min<std::size_t>(64, cfg.model.ctx);
     const batch b = s.data->make_batch(cfg.seed ^ 0x51A4ull, 0, 1, T, split::validation, cfg.tr);
     m.forward(b.ids, b.targets, b.loss_mask, 1, T);
-    const auto a = m.layer_attention(0);
-    const std::size_t H = cfg.model.heads, cols = T + (V::type::bias_type::has_kv ? 1 : 0);
-    xt::xarray<float> probs = xt::zeros<float>({std::size_t(1), H, T, cols});
+    const std::size_t L = cfg.model.layers, H = cfg.model.heads, cols = T + (V::type::bias_type::has_kv ? 1 : 0);
+    xt::xarray<float> probs = xt::zeros<float>({L, H, T, cols});
     std::vector<float> o(H * T * cfg.model.head_dim());
-    forward(backend::reference{}, a, m.layer_q(0), m.layer_k(0), m.layer_v(0),
-            tensor4<float>(o.data(), 1, H, T, cfg.model.head_dim()), row_stats<float>{}, probs_view<float>{probs.data()});
+    for (std::size_t l = 0; l < L; ++l)
+      forward(backend::reference{}, m.layer_attention(l), m.layer_q(l), m.layer_k(l), m.layer_v(l),
+              tensor4<float>(o.data(), 1, H, T, cfg.model.head_dim()), row_stats<float>{},
+              probs_view<float>{probs.data() + l * H * T * cols});
     npy::write(s.dump_attention, "--dump-attention", probs, npy::dtype::float32);
   }
   return rc;
