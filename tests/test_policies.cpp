@@ -165,6 +165,24 @@ TEST_CASE("RoPE is the rotate-half form with base 10000", "[policies][pos]") {
     return s;
   };
   CHECK(dot_at(9, 4) == Catch::Approx(dot_at(105, 100)));
+  // A precomputed angle table changes nothing, bit for bit, either direction;
+  // positions outside it fall back to computing.
+  pos::rope cached;
+  const std::vector<double> table = pos::rope_table(cached, 50, 8);
+  cached.table = table.data();
+  cached.table_positions = 50;
+  cached.table_dim = 8;
+  for (std::ptrdiff_t p : {0, 1, 17, 49, 50, 300})
+    for (int sign : {1, -1}) {
+      auto a = qv, b = qv;
+      r.apply(a.data(), 8, p, sign);
+      cached.apply(b.data(), 8, p, sign);
+      CHECK(a == b);
+      std::vector<float> af(qv.begin(), qv.end()), bf = af;
+      r.apply(af.data(), 8, p, sign);
+      cached.apply(bf.data(), 8, p, sign);
+      CHECK(af == bf);
+    }
 }
 
 TEST_CASE("masks by type match the reference on the cpu backend", "[policies][mask]") {

@@ -12,6 +12,7 @@
 #include <concepts>
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "axis.hpp"
 
@@ -50,26 +51,54 @@ struct rope {
   static constexpr const char* name = "rope";
   double base = 10000.0;
   bool enabled = true;  // a run-time off switch, so one type serves "rope on or off"
+  // Optional precomputed angles (rope_table below): (cos, sin) of p·θ_c for
+  // p < table_positions and c < table_dim/2. It saves the trigonometry when
+  // the same positions are rotated again and again (a training step rotates
+  // every q and k several times); apply() gives bit-identical results with or
+  // without it. It must outlive the calls and be readable where they run.
+  const double* table = nullptr;
+  std::size_t table_positions = 0, table_dim = 0;
 
   ATTNSINK_HD bool rotates() const { return enabled; }
   template <class T> ATTNSINK_HD void apply(T* x, std::size_t d, std::ptrdiff_t p, int sign) const {
     if (!enabled) return;
     const std::size_t half = d / 2;
+    const bool cached = table && d == table_dim && p >= 0 && std::size_t(p) < table_positions;
     for (std::size_t c = 0; c < half; ++c) {
-      const double theta = math::pow(base, -2.0 * double(c) / double(d));
-      const double a = double(p) * theta * double(sign);
-      const double cs = math::cos(a), sn = math::sin(a);
+      double cs, sn;
+      if (cached) {
+        cs = table[(std::size_t(p) * half + c) * 2];
+        sn = table[(std::size_t(p) * half + c) * 2 + 1] * double(sign);
+      } else {
+        const double a = double(p) * theta(c, d) * double(sign);
+        cs = math::cos(a);
+        sn = math::sin(a);
+      }
       const double x0 = double(x[c]), x1 = double(x[c + half]);
       x[c] = T(x0 * cs - x1 * sn);
       x[c + half] = T(x1 * cs + x0 * sn);
     }
   }
+  // θ_c = base^{-2c/d}
+  ATTNSINK_HD double theta(std::size_t c, std::size_t d) const { return math::pow(base, -2.0 * double(c) / double(d)); }
   void check(const problem& p) const {
     if (!enabled) return;
     if (p.dim % 2 != 0) throw shape_error("q", "rope needs an even head_dim, got " + std::to_string(p.dim));
     if (!(base > 1) || !math::isfinite(base)) throw value_error("pos.base", "expected a finite value > 1");
   }
 };
+
+// The (cos, sin) table rope::table reads, for positions [0, positions) and head_dim d.
+inline std::vector<double> rope_table(const rope& r, std::size_t positions, std::size_t d) {
+  std::vector<double> t(positions * (d / 2) * 2);
+  for (std::size_t p = 0; p < positions; ++p)
+    for (std::size_t c = 0; c < d / 2; ++c) {
+      const double a = double(p) * r.theta(c, d);
+      t[(p * (d / 2) + c) * 2] = math::cos(a);
+      t[(p * (d / 2) + c) * 2 + 1] = math::sin(a);
+    }
+  return t;
+}
 
 }  // namespace pos
 }  // namespace attnsink

@@ -179,6 +179,7 @@ class model {
     lay_.total = off;
     params_.assign(off, T(0));
     grads_.assign(off, T(0));
+    if (c.rope) rope_table_ = pos::rope_table(attn_.pos, c.ctx, c.head_dim());
   }
 
   const model_config& config() const { return cfg_; }
@@ -318,6 +319,11 @@ class model {
     const auto& L = lay_.layer[l];
     const T* P = params_.data();
     a.pos.enabled = cfg_.rope;
+    if (cfg_.rope) {  // every step rotates the same positions: look the angles up
+      a.pos.table = rope_table_.data();
+      a.pos.table_positions = cfg_.ctx;
+      a.pos.table_dim = cfg_.head_dim();
+    }
     if constexpr (has_sink) a.norm.logits = param_ref(P + L.sink, cfg_.heads);
     if constexpr (has_kv) {
       a.bias.k = param_ref(P + L.kstar, cfg_.kv_heads * cfg_.head_dim());
@@ -342,6 +348,7 @@ class model {
   Backend be_;
   model_layout lay_;
   std::vector<T> params_, grads_;
+  std::vector<double> rope_table_;
   std::size_t B_ = 0, T_ = 0, count_ = 0;
   const std::vector<std::int32_t>* targets_ = nullptr;
   const std::vector<std::int32_t>* ids_ = nullptr;
