@@ -6,6 +6,13 @@
 // tokens + attention FLOPs (causal forward 2·T²·d per sequence and layer, × 3.5
 // for forward + backward at 2.5 × forward); MFU = GFLOPS over the FMA peak
 // measured in this process (BM_fma_peak).
+//
+// Debian 12's OpenBLAS (0.3.21) misdetects some current CPUs and falls back to
+// SSE3 kernels; attnsink-train re-executes itself with OPENBLAS_CORETYPE=Haswell
+// on AVX2+FMA machines, this benchmark does not. Run it as
+//   OPENBLAS_CORETYPE=Haswell attnsink_bench --benchmark_filter='BM_fma_peak|train_step'
+// to measure what the trainer runs (RESULTS of 2026-11-28: MFU 0.223 that way,
+// 0.118 with the fallback kernels).
 #include <benchmark/benchmark.h>
 
 #include <chrono>
