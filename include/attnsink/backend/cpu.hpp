@@ -848,31 +848,37 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
 }
 
 namespace cpu_detail {
+// A contiguous double copy of a (possibly strided) float tensor, in buf.
+inline tensor4<const double> widen(const tensor4<const float>& x, std::vector<double>& buf) {
+  buf.resize(x.size());
+  std::size_t n = 0;
+  for (std::size_t b = 0; b < x.batch; ++b)
+    for (std::size_t h = 0; h < x.heads; ++h)
+      for (std::size_t t = 0; t < x.tokens; ++t) {
+        const float* r = x.row(b, h, t);
+        for (std::size_t e = 0; e < x.dim; ++e) buf[n++] = r[e];
+      }
+  return {buf.data(), x.batch, x.heads, x.tokens, x.dim};
+}
+// Writes a contiguous double buffer back into a (possibly strided) float tensor.
+inline void narrow(const std::vector<double>& buf, const tensor4<float>& x) {
+  std::size_t n = 0;
+  for (std::size_t b = 0; b < x.batch; ++b)
+    for (std::size_t h = 0; h < x.heads; ++h)
+      for (std::size_t t = 0; t < x.tokens; ++t) {
+        float* r = x.row(b, h, t);
+        for (std::size_t e = 0; e < x.dim; ++e) r[e] = float(buf[n++]);
+      }
+}
+
 template <class A>
 void forward_in_double(const backend::cpu& opt, const A& a, tensor4<const float> q, tensor4<const float> k,
                        tensor4<const float> v, tensor4<float> out, row_stats<float> stats) {
-  auto widen = [](const tensor4<const float>& x, std::vector<double>& buf) {
-    buf.resize(x.size());
-    std::size_t n = 0;
-    for (std::size_t b = 0; b < x.batch; ++b)
-      for (std::size_t h = 0; h < x.heads; ++h)
-        for (std::size_t t = 0; t < x.tokens; ++t) {
-          const float* r = x.row(b, h, t);
-          for (std::size_t e = 0; e < x.dim; ++e) buf[n++] = r[e];
-        }
-    return tensor4<const double>(buf.data(), x.batch, x.heads, x.tokens, x.dim);
-  };
   std::vector<double> qd, kd, vd, od(out.size());
   std::vector<double> md(stats.max ? q.batch * q.heads * q.tokens : 0), ld(stats.sum ? q.batch * q.heads * q.tokens : 0);
   forward(opt, a, widen(q, qd), widen(k, kd), widen(v, vd), tensor4<double>(od.data(), out.batch, out.heads, out.tokens, out.dim),
           row_stats<double>{stats.max ? md.data() : nullptr, stats.sum ? ld.data() : nullptr});
-  std::size_t n = 0;
-  for (std::size_t b = 0; b < out.batch; ++b)
-    for (std::size_t h = 0; h < out.heads; ++h)
-      for (std::size_t t = 0; t < out.tokens; ++t) {
-        float* r = out.row(b, h, t);
-        for (std::size_t e = 0; e < out.dim; ++e) r[e] = float(od[n++]);
-      }
+  narrow(od, out);
   for (std::size_t i = 0; i < md.size(); ++i) stats.max[i] = float(md[i]);
   for (std::size_t i = 0; i < ld.size(); ++i) stats.sum[i] = float(ld[i]);
 }

@@ -515,30 +515,13 @@ void backward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<c
 }
 
 namespace cpu_bwd {
+using cpu_detail::narrow;
+using cpu_detail::widen;
+
 template <class A>
 void backward_in_double(const backend::cpu& opt, const A& a, tensor4<const float> q, tensor4<const float> k,
                         tensor4<const float> v, tensor4<const float> dout, gradients<float> g) {
   const problem p = problem_of(q, k, v);
-  auto widen = [](const tensor4<const float>& x, std::vector<double>& buf) {
-    buf.resize(x.size());
-    std::size_t n = 0;
-    for (std::size_t b = 0; b < x.batch; ++b)
-      for (std::size_t h = 0; h < x.heads; ++h)
-        for (std::size_t t = 0; t < x.tokens; ++t) {
-          const float* r = x.row(b, h, t);
-          for (std::size_t e = 0; e < x.dim; ++e) buf[n++] = r[e];
-        }
-    return tensor4<const double>(buf.data(), x.batch, x.heads, x.tokens, x.dim);
-  };
-  auto narrow = [](const std::vector<double>& buf, const tensor4<float>& x) {
-    std::size_t n = 0;
-    for (std::size_t b = 0; b < x.batch; ++b)
-      for (std::size_t h = 0; h < x.heads; ++h)
-        for (std::size_t t = 0; t < x.tokens; ++t) {
-          float* r = x.row(b, h, t);
-          for (std::size_t e = 0; e < x.dim; ++e) r[e] = float(buf[n++]);
-        }
-  };
   std::vector<double> qd, kd, vd, dod, dq(q.size()), dk(k.size()), dv(v.size());
   gradients<double> gd{{dq.data(), q.batch, q.heads, q.tokens, q.dim},
                        {dk.data(), k.batch, k.heads, k.tokens, k.dim},
