@@ -361,6 +361,18 @@ void launch(const backend::kokkos<E>& be, const A& a, const problem& p, layout g
 #ifndef ATTNSINK_KOKKOS_CUDA_TEAMS_PER_SM
 #define ATTNSINK_KOKKOS_CUDA_TEAMS_PER_SM 2
 #endif
+#ifndef ATTNSINK_KOKKOS_CUDA_COLS  // head-dim columns of a row per lane
+#define ATTNSINK_KOKKOS_CUDA_COLS 32
+#endif
+#ifndef ATTNSINK_KOKKOS_CUDA_ROWS  // rows per thread
+#define ATTNSINK_KOKKOS_CUDA_ROWS 2
+#endif
+#ifndef ATTNSINK_KOKKOS_CUDA_CHUNK  // keys folded per step
+#define ATTNSINK_KOKKOS_CUDA_CHUNK 4
+#endif
+#ifndef ATTNSINK_KOKKOS_CUDA_TILE  // floats per K (and per V) scratch tile
+#define ATTNSINK_KOKKOS_CUDA_TILE 4096
+#endif
 // The CUDA path for float, head dim D ∈ {64, 128} (= value dim), no kv-bias
 // key and no feature map (RoPE is fine: keys are prepared as in the generic
 // kernel). Why not the generic kernel: one thread per row reads every K/V
@@ -375,14 +387,17 @@ void launch(const backend::kokkos<E>& be, const A& a, const problem& p, layout g
 // exp (ex2.approx); ALiBi's slope is computed once per row.
 template <class A, int D>
 struct cuda_forward_kernel {
-  static constexpr int W = 32;           // columns per lane
-  static constexpr int L = D / W;        // lanes per row (2 or 4)
-  static constexpr int NC = W / 4;       // float4 chunks per lane
-  static constexpr int TM = 2;           // rows per thread
+  static constexpr int W = ATTNSINK_KOKKOS_CUDA_COLS;  // columns per lane
+  static constexpr int L = D / W;                       // lanes per row
+  static constexpr int NC = W / 4;                      // float4 chunks per lane
+  static constexpr int TM = ATTNSINK_KOKKOS_CUDA_ROWS;  // rows per thread
+  static_assert(W % 4 == 0 && D % W == 0 && L <= 32 && (L & (L - 1)) == 0,
+                "attnsink: ATTNSINK_KOKKOS_CUDA_COLS must split the head dim into a power-of-two number of lanes");
   static constexpr int NT = 128;         // threads per team
-  static constexpr int R = NT / L * TM;  // rows per team: 128 (D=64), 64 (D=128)
-  static constexpr int BK = 4096 / D;    // keys per tile: K and V tiles take 32 KiB of scratch
-  static constexpr int CH = 4;           // keys per chunk
+  static constexpr int R = NT / L * TM;  // rows per team (default geometry: 128 at D=64, 64 at D=128)
+  static constexpr int BK = ATTNSINK_KOKKOS_CUDA_TILE / D;  // keys per tile (default: K and V take 32 KiB of scratch)
+  static constexpr int CH = ATTNSINK_KOKKOS_CUDA_CHUNK;  // keys per chunk (divides BK)
+  static_assert(BK % CH == 0, "attnsink: ATTNSINK_KOKKOS_CUDA_CHUNK must divide the key tile");
   // Teams per SM the register allocation must allow. 2 (the default) lets
   // ptxas use 255 registers with no spills (8 warps per SM); 3 caps it at 168
   // and spills ~450 bytes per thread: on the H200 that was 10-35% slower
