@@ -23,6 +23,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "../attention.hpp"
+#include "../backend/cpu_backward.hpp"
 #include "../backend/reference_backward.hpp"
 #include "../backward.hpp"
 #include "blas.hpp"
@@ -94,25 +95,72 @@ void silu_forward(const T* u, const T* w, T* h, std::size_t n) {
   }
   for (; i < n; ++i) h[i] = u[i] * sigm(u[i]) * (w ? w[i] : T(1));
 }
-// dw[i] = dh[i] · silu(u[i]) (when w), dh[i] ← dh[i] · (w ? w[i] : 1) · silu'(u[i])
+// du[i] = dh[i] · (w ? w[i] : 1) · silu'(u[i]), dw[i] = dh[i] · silu(u[i]) (when w)
 template <class T>
-void silu_backward(const T* u, const T* w, T* dh, T* dw, std::size_t n) {
+void silu_backward(const T* u, const T* w, const T* dh, T* du, T* dw, std::size_t n) {
   using B = xsimd::batch<T>;
   std::size_t i = 0;
   for (; i + B::size <= n; i += B::size) {
     const B x = B::load_unaligned(u + i), g = B::load_unaligned(dh + i);
     const B sg = B(T(1)) / (B(T(1)) + xsimd::exp(-x));
+    const B ds = sg * (B(T(1)) + x * (B(T(1)) - sg));
     if (w) {
       (g * x * sg).store_unaligned(dw + i);
-      (g * B::load_unaligned(w + i) * sg * (B(T(1)) + x * (B(T(1)) - sg))).store_unaligned(dh + i);
+      (g * B::load_unaligned(w + i) * ds).store_unaligned(du + i);
     } else {
-      (g * sg * (B(T(1)) + x * (B(T(1)) - sg))).store_unaligned(dh + i);
+      (g * ds).store_unaligned(du + i);
     }
   }
   for (; i < n; ++i) {
     const T sg = sigm(u[i]);
     if (w) dw[i] = dh[i] * u[i] * sg;
-    dh[i] = dh[i] * (w ? w[i] : T(1)) * sg * (T(1) + u[i] * (T(1) - sg));
+    du[i] = dh[i] * (w ? w[i] : T(1)) * sg * (T(1) + u[i] * (T(1) - sg));
+  }
+}
+
+// y = x · r · g with r = 1/sqrt(mean(x²) + eps) over one row of n; returns r.
+template <class T>
+T rmsnorm_row(const T* x, const T* g, T* y, std::size_t n, double eps) {
+  using B = xsimd::batch<T>;
+  B acc(T(0));
+  std::size_t c = 0;
+  for (; c + B::size <= n; c += B::size) {
+    const B v = B::load_unaligned(x + c);
+    acc = xsimd::fma(v, v, acc);
+  }
+  T ss = xsimd::hadd(acc);
+  for (; c < n; ++c) ss += x[c] * x[c];
+  const T r = T(1.0 / std::sqrt(double(ss) / double(n) + eps));
+  const B rb(r);
+  for (c = 0; c + B::size <= n; c += B::size)
+    (B::load_unaligned(x + c) * rb * B::load_unaligned(g + c)).store_unaligned(y + c);
+  for (; c < n; ++c) y[c] = x[c] * r * g[c];
+  return r;
+}
+// One row of RMSNorm's backward: dx = r (g⊙dy − x̂ · mean(x̂ ⊙ g ⊙ dy)) (+ res),
+// dg += dy ⊙ x̂ (x̂ = x · r). dx may be dy (each dy[c] is read before dx[c] is written).
+template <class T>
+void rmsnorm_backward_row(const T* x, const T* g, T r, const T* dy, T* dx, const T* res, T* dg, std::size_t n) {
+  using B = xsimd::batch<T>;
+  B acc(T(0));
+  std::size_t c = 0;
+  for (; c + B::size <= n; c += B::size)
+    acc = xsimd::fma(B::load_unaligned(x + c) * B::load_unaligned(g + c), B::load_unaligned(dy + c), acc);
+  T dot = xsimd::hadd(acc);
+  for (; c < n; ++c) dot += x[c] * g[c] * dy[c];
+  const T mean = r * dot / T(n);
+  const B rb(r), k(r * mean);
+  for (c = 0; c + B::size <= n; c += B::size) {
+    const B xv = B::load_unaligned(x + c), dyv = B::load_unaligned(dy + c);
+    (B::load_unaligned(dg + c) + dyv * xv * rb).store_unaligned(dg + c);
+    B v = rb * (B::load_unaligned(g + c) * dyv) - xv * (rb * k);
+    if (res) v += B::load_unaligned(res + c);
+    v.store_unaligned(dx + c);
+  }
+  for (; c < n; ++c) {
+    const T dyc = dy[c];
+    dg[c] += dyc * x[c] * r;
+    dx[c] = r * (g[c] * dyc - x[c] * r * mean) + (res ? res[c] : T(0));
   }
 }
 
@@ -222,6 +270,7 @@ class model {
     const std::size_t N = batch * tokens, d = cfg_.d_model, V = cfg_.vocab;
     if (tokens > cfg_.ctx) throw value_error("tokens", "longer than the context");
     resize(N);
+    pack_weights();
     const T* P = params_.data();
     // h0 = E[x] (+ positions)
     detail::rows(N, [&](std::size_t i) {
@@ -293,15 +342,14 @@ class model {
       for (std::size_t j = 0; j < V; ++j) z[j] *= scale;
     });
     const T* hl = cfg_.norm == norm_place::pre ? hf_.data() : x_[cfg_.layers].data();
-    matmul_dw(hl, logits_.data(), G + lay_.wout, N, d, V);
-    std::vector<T>& dx = dx_;
-    matmul_dx(logits_.data(), P + lay_.wout, dx.data(), N, d, V, T(0));
-    if (cfg_.norm == norm_place::pre) {
-      rmsnorm_backward(x_[cfg_.layers].data(), P + lay_.gf, rstdf_.data(), dx.data(), tmp_d_.data(), G + lay_.gf, N);
-      std::swap(dx, tmp_d_);
-    }
+    matmul_dw(hl, logits_.data(), G + lay_.wout, N, d, V, dw_scratch_);
+    matmul_dx(logits_.data(), P + lay_.wout, dx_.data(), N, d, V, T(0));
+    if (cfg_.norm == norm_place::pre)
+      rmsnorm_backward(x_[cfg_.layers].data(), P + lay_.gf, rstdf_.data(), dx_.data(), dx_.data(), nullptr,
+                       G + lay_.gf, N);
     for (std::size_t l = cfg_.layers; l-- > 0;) layer_backward(l);
     // embeddings
+    const std::vector<T>& dx = dx_;
     for (std::size_t i = 0; i < N; ++i) {
       const T* g = dx.data() + i * d;
       T* e = G + lay_.emb + std::size_t((*ids_)[i]) * d;
@@ -333,10 +381,12 @@ class model {
     return a;
   }
 
-  // q, k of layer l from the last forward, as (batch, heads, tokens, head_dim) views.
-  tensor4<const T> layer_q(std::size_t l) const { return view(q_[l].data(), cfg_.heads); }
-  tensor4<const T> layer_k(std::size_t l) const { return view(k_[l].data(), cfg_.kv_heads); }
-  tensor4<const T> layer_v(std::size_t l) const { return view(v_[l].data(), cfg_.kv_heads); }
+  // q, k, v of layer l from the last forward, as (batch, heads, tokens, head_dim) views.
+  tensor4<const T> layer_q(std::size_t l) const { return view(qkv_[l].data(), cfg_.heads); }
+  tensor4<const T> layer_k(std::size_t l) const { return view(qkv_[l].data() + q_width(), cfg_.kv_heads); }
+  tensor4<const T> layer_v(std::size_t l) const {
+    return view(qkv_[l].data() + q_width() + kv_width(), cfg_.kv_heads);
+  }
   // Layer l's per-row attention state (m, l) from the last forward, (batch, heads, tokens).
   row_stats<const T> layer_stats(std::size_t l) const { return {sm_[l].data(), sl_[l].data()}; }
   // Hidden state entering layer l (l = layers: the last), (batch·tokens × d).
@@ -354,9 +404,17 @@ class model {
   const std::vector<std::int32_t>* ids_ = nullptr;
   const std::vector<std::uint8_t>* mask_ = nullptr;
   std::size_t cap_ = 0;
-  // activations
-  std::vector<std::vector<T>> x_, a_, q_, k_, v_, o_, gp_, og_, x2_, b_, u_, w_, h_, r1_, r2_, sm_, sl_;
-  std::vector<T> hf_, rstdf_, logits_, dx_, tmp_d_, t_hd_, t_hd2_, t_kd_, t_kd2_, t_f_, t_f2_, t_d_;
+  // W_q | W_k | W_v and W_1 | W_3 side by side (d × all their columns), copied
+  // from the parameters at each forward: one product instead of three or two.
+  std::vector<std::vector<T>> wqkv_, w13_;
+  // activations (qkv: q | k | v per token; uw: u | w per token for gated FFNs)
+  std::vector<std::vector<T>> x_, a_, qkv_, o_, gp_, og_, x2_, b_, uw_, h_, r1_, r2_, sm_, sl_;
+  std::vector<T> hf_, rstdf_, logits_, dx_, tmp_d_, t_d_, dqkv_, dout_, dgp_, duw_, dh_, dw_scratch_, dg_scratch_;
+
+  std::size_t q_width() const { return cfg_.heads * cfg_.head_dim(); }
+  std::size_t kv_width() const { return cfg_.kv_heads * cfg_.head_dim(); }
+  std::size_t qkv_width() const { return q_width() + 2 * kv_width(); }
+  std::size_t ffn_width() const { return gated(cfg_.act) ? 2 * cfg_.ffn : cfg_.ffn; }
 
   T sinusoid(std::size_t t, std::size_t c) const {
     const std::size_t d = cfg_.d_model, i = c / 2;
@@ -364,38 +422,41 @@ class model {
     return T(c % 2 == 0 ? std::sin(a) : std::cos(a));
   }
 
+  // (batch, heads, tokens, head_dim) views of columns of a (tokens × qkv_width) buffer
   tensor4<const T> view(const T* p, std::size_t heads) const {
-    const std::size_t hd = cfg_.head_dim();
-    return {p, B_, heads, T_, hd, T_ * heads * hd, hd, heads * hd};
+    const std::size_t hd = cfg_.head_dim(), ld = qkv_width();
+    return {p, B_, heads, T_, hd, T_ * ld, hd, ld};
   }
   tensor4<T> mview(T* p, std::size_t heads) const {
-    const std::size_t hd = cfg_.head_dim();
-    return {p, B_, heads, T_, hd, T_ * heads * hd, hd, heads * hd};
+    const std::size_t hd = cfg_.head_dim(), ld = qkv_width();
+    return {p, B_, heads, T_, hd, T_ * ld, hd, ld};
+  }
+  // the attention output, (tokens × heads·head_dim)
+  tensor4<T> out_view(T* p) const {
+    const std::size_t hd = cfg_.head_dim(), ld = q_width();
+    return {p, B_, cfg_.heads, T_, hd, T_ * ld, hd, ld};
   }
 
   void resize(std::size_t N) {
     if (N <= cap_ && !x_.empty()) return;
     cap_ = N;
-    const std::size_t L = cfg_.layers, d = cfg_.d_model, hd = cfg_.heads * cfg_.head_dim(),
-                      kd = cfg_.kv_heads * cfg_.head_dim(), f = cfg_.ffn;
+    const std::size_t L = cfg_.layers, d = cfg_.d_model, hd = q_width(), w = qkv_width(), f = cfg_.ffn,
+                      fw = ffn_width();
     auto make = [&](std::vector<std::vector<T>>& v, std::size_t count, std::size_t width) {
       v.assign(count, std::vector<T>(N * width));
     };
     make(x_, L + 1, d);
     make(a_, L, d);
-    make(q_, L, hd);
-    make(k_, L, kd);
-    make(v_, L, kd);
+    make(qkv_, L, w);
     make(o_, L, hd);
     make(gp_, cfg_.gate ? L : 0, hd);
     make(og_, cfg_.gate ? L : 0, hd);
     make(x2_, L, d);
     make(b_, L, d);
-    make(u_, L, f);
-    make(w_, gated(cfg_.act) ? L : 0, f);
+    make(uw_, L, fw);
     make(h_, L, f);
     make(r1_, L, 1);
-    make(sm_, L, cfg_.heads);  // per-row attention state (m, l), for the sink metrics
+    make(sm_, L, cfg_.heads);  // per-row attention state (m, l), for the backward and the sink metrics
     make(sl_, L, cfg_.heads);
     make(r2_, L, 1);
     hf_.assign(N * d, T(0));
@@ -404,46 +465,69 @@ class model {
     dx_.assign(N * d, T(0));
     tmp_d_.assign(N * d, T(0));
     t_d_.assign(N * d, T(0));
-    t_hd_.assign(N * hd, T(0));
-    t_hd2_.assign(N * hd, T(0));
-    t_kd_.assign(N * kd, T(0));
-    t_kd2_.assign(N * kd, T(0));
-    t_f_.assign(N * f, T(0));
-    t_f2_.assign(N * f, T(0));
+    dqkv_.assign(N * w, T(0));
+    dout_.assign(N * hd, T(0));
+    dgp_.assign(cfg_.gate ? N * hd : 0, T(0));
+    duw_.assign(N * fw, T(0));
+    dh_.assign(N * f, T(0));
+  }
+
+  void pack_weights() {
+    const std::size_t L = cfg_.layers, d = cfg_.d_model, hd = q_width(), kd = kv_width(), w = qkv_width(),
+                      f = cfg_.ffn;
+    const T* P = params_.data();
+    wqkv_.resize(L);
+    w13_.resize(gated(cfg_.act) ? L : 0);
+    for (std::size_t l = 0; l < L; ++l) {
+      const auto& Ly = lay_.layer[l];
+      wqkv_[l].resize(d * w);
+      for (std::size_t r = 0; r < d; ++r) {
+        T* dst = wqkv_[l].data() + r * w;
+        std::copy_n(P + Ly.wq + r * hd, hd, dst);
+        std::copy_n(P + Ly.wk + r * kd, kd, dst + hd);
+        std::copy_n(P + Ly.wv + r * kd, kd, dst + hd + kd);
+      }
+      if (!gated(cfg_.act)) continue;
+      w13_[l].resize(d * 2 * f);
+      for (std::size_t r = 0; r < d; ++r) {
+        std::copy_n(P + Ly.w1 + r * f, f, w13_[l].data() + r * 2 * f);
+        std::copy_n(P + Ly.w3 + r * f, f, w13_[l].data() + r * 2 * f + f);
+      }
+    }
   }
 
   // y = x · rstd · g, rstd = 1/sqrt(mean(x²) + eps)
   void rmsnorm(const T* x, const T* g, T* y, T* rstd, std::size_t N) const {
     const std::size_t d = cfg_.d_model;
-    detail::rows(N, [&](std::size_t i) {
-      const T* xr = x + i * d;
-      double ss = 0;
-      for (std::size_t c = 0; c < d; ++c) ss += double(xr[c]) * double(xr[c]);
-      const T r = T(1.0 / std::sqrt(ss / double(d) + cfg_.norm_eps));
-      rstd[i] = r;
-      for (std::size_t c = 0; c < d; ++c) y[i * d + c] = xr[c] * r * g[c];
-    });
+    detail::rows(N, [&](std::size_t i) { rstd[i] = detail::rmsnorm_row(x + i * d, g, y + i * d, d, cfg_.norm_eps); });
   }
-  // dx = rstd (g⊙dy - x̂ · mean(x̂ ⊙ g ⊙ dy)), dg += Σ dy ⊙ x̂   (x̂ = x · rstd)
-  void rmsnorm_backward(const T* x, const T* g, const T* rstd, const T* dy, T* dx, T* dg, std::size_t N) const {
-    const std::size_t d = cfg_.d_model;
-    detail::rows(N, [&](std::size_t i) {
-      const T* xr = x + i * d;
-      const T* dyr = dy + i * d;
-      const T r = rstd[i];
-      double dot = 0;
-      for (std::size_t c = 0; c < d; ++c) dot += double(xr[c] * r) * double(g[c] * dyr[c]);
-      const T mean = T(dot / double(d));
-      for (std::size_t c = 0; c < d; ++c) dx[i * d + c] = r * (g[c] * dyr[c] - xr[c] * r * mean);
+  // dx = rstd (g⊙dy − x̂ · mean(x̂ ⊙ g ⊙ dy)) (+ res), dg += Σ dy ⊙ x̂   (x̂ = x · rstd).
+  // dx may be dy. dg is summed per fixed chunk of rows, then over chunks in order.
+  void rmsnorm_backward(const T* x, const T* g, const T* rstd, const T* dy, T* dx, const T* res, T* dg,
+                        std::size_t N) {
+    const std::size_t d = cfg_.d_model, chunk = 256, chunks = (N + chunk - 1) / chunk;
+    if (dg_scratch_.size() < chunks * d) dg_scratch_.resize(chunks * d);
+    std::fill_n(dg_scratch_.begin(), chunks * d, T(0));
+    T* part = dg_scratch_.data();
+    for_chunks(N, chunk, [&](std::size_t r0, std::size_t r1) {
+      T* pg = part + (r0 / chunk) * d;
+      for (std::size_t i = r0; i < r1; ++i)
+        detail::rmsnorm_backward_row(x + i * d, g, rstd[i], dy + i * d, dx + i * d, res ? res + i * d : nullptr, pg,
+                                     d);
     });
-    // dg: a reduction over rows, done serially per feature for determinism
-    for (std::size_t i = 0; i < N; ++i)
-      for (std::size_t c = 0; c < d; ++c) dg[c] += dy[i * d + c] * x[i * d + c] * rstd[i];
+    for (std::size_t ch = 0; ch < chunks; ++ch)
+      for (std::size_t c = 0; c < d; ++c) dg[c] += part[ch * d + c];
+  }
+  // out = a + b, elementwise over n
+  static void add(const T* a, const T* b, T* out, std::size_t n) {
+    for_chunks(n, 1 << 16, [&](std::size_t i0, std::size_t i1) {
+      for (std::size_t i = i0; i < i1; ++i) out[i] = a[i] + b[i];
+    });
   }
 
   void layer_forward(std::size_t l) {
-    const std::size_t N = B_ * T_, d = cfg_.d_model, hd = cfg_.heads * cfg_.head_dim(),
-                      kd = cfg_.kv_heads * cfg_.head_dim(), f = cfg_.ffn;
+    const std::size_t N = B_ * T_, d = cfg_.d_model, hd = q_width(), kd = kv_width(), w = qkv_width(),
+                      f = cfg_.ffn, fw = ffn_width();
     const auto& L = lay_.layer[l];
     const T* P = params_.data();
     const bool pre = cfg_.norm == norm_place::pre;
@@ -454,11 +538,11 @@ class model {
       rmsnorm(x, P + L.g1, a_[l].data(), r1_[l].data(), N);
       a = a_[l].data();
     }
-    matmul(a, P + L.wq, q_[l].data(), N, d, hd);
-    matmul(a, P + L.wk, k_[l].data(), N, d, kd);
-    matmul(a, P + L.wv, v_[l].data(), N, d, kd);
-    attnsink::forward(be_, layer_attention(l), view(q_[l].data(), cfg_.heads), view(k_[l].data(), cfg_.kv_heads),
-                      view(v_[l].data(), cfg_.kv_heads), mview(o_[l].data(), cfg_.heads),
+    // q | k | v = a · (W_q | W_k | W_v)
+    T* qkv = qkv_[l].data();
+    matmul(a, wqkv_[l].data(), qkv, N, d, w);
+    attnsink::forward(be_, layer_attention(l), view(qkv, cfg_.heads), view(qkv + hd, cfg_.kv_heads),
+                      view(qkv + hd + kd, cfg_.kv_heads), out_view(o_[l].data()),
                       row_stats<T>{sm_[l].data(), sl_[l].data()});
     const T* o = o_[l].data();
     if (cfg_.gate) {  // og = o ⊙ σ(a W_g)
@@ -470,103 +554,104 @@ class model {
       });
       o = og;
     }
-    // x2 = x + o W_o   (post-LN: x2 = RMSNorm(x + o W_o))
+    // x2 = x + o W_o   (post-LN: s1 = x + o W_o kept in b_, x2 = RMSNorm(s1))
     T* x2 = x2_[l].data();
-    std::copy(x, x + N * d, x2);
-    matmul(o, P + L.wo, x2, N, hd, d, T(1));
-    const T* bsrc = x2;
     if (pre) {
+      matmul(o, P + L.wo, x2, N, hd, d, T(0), x);
       rmsnorm(x2, P + L.g2, b_[l].data(), r2_[l].data(), N);
     } else {
-      std::copy(x2, x2 + N * d, t_d_.data());  // pre-norm sum, kept in b_ for backward
-      std::copy(x2, x2 + N * d, b_[l].data());
-      rmsnorm(t_d_.data(), P + L.g1, x2, r1_[l].data(), N);
-      bsrc = x2;
+      matmul(o, P + L.wo, b_[l].data(), N, hd, d, T(0), x);
+      rmsnorm(b_[l].data(), P + L.g1, x2, r1_[l].data(), N);
     }
-    const T* b = pre ? b_[l].data() : bsrc;
-    // FFN: h = act(b W1) [⊙ b W3]; x' = x2 + h W2
-    matmul(b, P + L.w1, u_[l].data(), N, d, f);
-    if (gated(cfg_.act)) matmul(b, P + L.w3, w_[l].data(), N, d, f);
+    const T* b = pre ? b_[l].data() : x2;
+    // FFN: u | w = b (W1 | W3); h = act(u) [⊙ w]; x' = x2 + h W2
+    T* uw = uw_[l].data();
+    matmul(b, gated(cfg_.act) ? w13_[l].data() : P + L.w1, uw, N, d, fw);
     {
-      const T* u = u_[l].data();
-      const T* w = gated(cfg_.act) ? w_[l].data() : nullptr;
+      const bool g = gated(cfg_.act);
       T* h = h_[l].data();
       const bool silu = cfg_.act == ffn_act::swiglu || cfg_.act == ffn_act::swish;
       detail::rows(N, [&](std::size_t i) {
-        if (silu) return detail::silu_forward(u + i * f, w ? w + i * f : nullptr, h + i * f, f);
-        for (std::size_t c = i * f; c < (i + 1) * f; ++c) h[c] = detail::act_value(cfg_.act, u[c]) * (w ? w[c] : T(1));
+        const T* u = uw + i * fw;
+        const T* wv = g ? u + f : nullptr;
+        T* hr = h + i * f;
+        if (silu) return detail::silu_forward(u, wv, hr, f);
+        for (std::size_t c = 0; c < f; ++c) hr[c] = detail::act_value(cfg_.act, u[c]) * (wv ? wv[c] : T(1));
       });
     }
     T* xn = x_[l + 1].data();
-    std::copy(x2, x2 + N * d, xn);
-    matmul(h_[l].data(), P + L.w2, xn, N, f, d, T(1));
-    if (!pre) {  // post-LN: x' = RMSNorm(x2 + h W2); the sum is kept in t_d_ only transiently
-      std::copy(xn, xn + N * d, a_[l].data());  // a_ holds the pre-norm sum in post-LN mode
+    if (pre) {
+      matmul(h_[l].data(), P + L.w2, xn, N, f, d, T(0), x2);
+    } else {  // post-LN: x' = RMSNorm(s2), s2 = x2 + h W2 kept in a_
+      matmul(h_[l].data(), P + L.w2, a_[l].data(), N, f, d, T(0), x2);
       rmsnorm(a_[l].data(), P + L.g2, xn, r2_[l].data(), N);
     }
   }
 
   void layer_backward(std::size_t l) {
-    const std::size_t N = B_ * T_, d = cfg_.d_model, hd = cfg_.heads * cfg_.head_dim(),
-                      kd = cfg_.kv_heads * cfg_.head_dim(), f = cfg_.ffn;
+    const std::size_t N = B_ * T_, d = cfg_.d_model, hd = q_width(), kd = kv_width(), w = qkv_width(),
+                      f = cfg_.ffn, fw = ffn_width();
     const auto& L = lay_.layer[l];
     const T* P = params_.data();
     T* G = grads_.data();
     const bool pre = cfg_.norm == norm_place::pre;
-    std::vector<T>& dx = dx_;  // gradient w.r.t. x_{l+1} on entry
-    if (!pre) {                // x' = RMSNorm(s), s = x2 + h W2 (s kept in a_)
-      rmsnorm_backward(a_[l].data(), P + L.g2, r2_[l].data(), dx.data(), tmp_d_.data(), G + L.g2, N);
-      std::swap(dx, tmp_d_);
-    }
+    T* dx = dx_.data();  // gradient w.r.t. x_{l+1} on entry, w.r.t. x_l on exit
+    if (!pre)            // x' = RMSNorm(s2), s2 = x2 + h W2 (s2 kept in a_)
+      rmsnorm_backward(a_[l].data(), P + L.g2, r2_[l].data(), dx, dx, nullptr, G + L.g2, N);
     // FFN: dh = dx W2ᵀ, dW2 += hᵀ dx
     const T* b = pre ? b_[l].data() : x2_[l].data();
-    matmul_dw(h_[l].data(), dx.data(), G + L.w2, N, f, d);
-    T* dh = t_f_.data();
-    matmul_dx(dx.data(), P + L.w2, dh, N, f, d, T(0));
+    matmul_dw(h_[l].data(), dx, G + L.w2, N, f, d, dw_scratch_);
+    T* dh = dh_.data();
+    matmul_dx(dx, P + L.w2, dh, N, f, d, T(0));
+    // du | dw
+    T* duw = duw_.data();
     {
-      const T* u = u_[l].data();
-      const T* w = gated(cfg_.act) ? w_[l].data() : nullptr;
-      T* dw = t_f2_.data();
+      const T* uw = uw_[l].data();
+      const bool g = gated(cfg_.act);
       const bool silu = cfg_.act == ffn_act::swiglu || cfg_.act == ffn_act::swish;
       detail::rows(N, [&](std::size_t i) {
-        if (silu) return detail::silu_backward(u + i * f, w ? w + i * f : nullptr, dh + i * f, w ? dw + i * f : nullptr, f);
-        for (std::size_t c = i * f; c < (i + 1) * f; ++c) {
-          const T av = detail::act_value(cfg_.act, u[c]);
-          if (w) dw[c] = dh[c] * av;
-          dh[c] = dh[c] * (w ? w[c] : T(1)) * detail::act_derivative(cfg_.act, u[c]);  // now du
+        const T* u = uw + i * fw;
+        const T* wv = g ? u + f : nullptr;
+        const T* dhr = dh + i * f;
+        T* du = duw + i * fw;
+        T* dwr = g ? du + f : nullptr;
+        if (silu) return detail::silu_backward(u, wv, dhr, du, dwr, f);
+        for (std::size_t c = 0; c < f; ++c) {
+          if (wv) dwr[c] = dhr[c] * detail::act_value(cfg_.act, u[c]);
+          du[c] = dhr[c] * (wv ? wv[c] : T(1)) * detail::act_derivative(cfg_.act, u[c]);
         }
       });
     }
-    // db = du W1ᵀ (+ dw W3ᵀ); dW1 += bᵀ du, dW3 += bᵀ dw
+    // db = (du | dw) (W1 | W3)ᵀ; dW1 += bᵀ du, dW3 += bᵀ dw
     T* db = tmp_d_.data();
-    matmul_dw(b, dh, G + L.w1, N, d, f);
-    matmul_dx(dh, P + L.w1, db, N, d, f, T(0));
     if (gated(cfg_.act)) {
-      matmul_dw(b, t_f2_.data(), G + L.w3, N, d, f);
-      matmul_dx(t_f2_.data(), P + L.w3, db, N, d, f, T(1));
+      const dw_part<T> parts[2] = {{G + L.w1, f}, {G + L.w3, f}};
+      matmul_dw(b, d, duw, fw, N, d, parts, dw_scratch_);
+      matmul_dx(duw, fw, w13_[l].data(), db, N, d, fw, T(0));
+    } else {
+      matmul_dw(b, duw, G + L.w1, N, d, f, dw_scratch_);
+      matmul_dx(duw, P + L.w1, db, N, d, f, T(0));
     }
-    // dx2 = dx (residual) + RMSNorm'(db)   (pre-LN);   post-LN: b = x2 = RMSNorm(s1), dx2 = dx + db
+    // dx2 = dx (residual) + RMSNorm'(db)   (pre-LN);   post-LN: b = x2 = RMSNorm(s1), ds1 = dx + db
     T* dx2 = t_d_.data();
     if (pre) {
-      rmsnorm_backward(x2_[l].data(), P + L.g2, r2_[l].data(), db, dx2, G + L.g2, N);
-      for (std::size_t i = 0; i < N * d; ++i) dx2[i] += dx[i];
+      rmsnorm_backward(x2_[l].data(), P + L.g2, r2_[l].data(), db, dx2, dx, G + L.g2, N);
     } else {
-      for (std::size_t i = 0; i < N * d; ++i) db[i] += dx[i];
-      // s1 = x + o W_o kept in b_; x2 = RMSNorm(s1; g1)
-      rmsnorm_backward(b_[l].data(), P + L.g1, r1_[l].data(), db, dx2, G + L.g1, N);
+      add(db, dx, db, N * d);
+      rmsnorm_backward(b_[l].data(), P + L.g1, r1_[l].data(), db, dx2, nullptr, G + L.g1, N);
     }
     // attention output: do = dx2 W_oᵀ, dW_o += oᵀ dx2
     const T* o_used = cfg_.gate ? og_[l].data() : o_[l].data();
     const T* a = pre ? a_[l].data() : x_[l].data();
-    matmul_dw(o_used, dx2, G + L.wo, N, hd, d);
-    T* dout = t_hd_.data();
+    matmul_dw(o_used, dx2, G + L.wo, N, hd, d, dw_scratch_);
+    T* dout = dout_.data();
     matmul_dx(dx2, P + L.wo, dout, N, hd, d, T(0));
-    T* da = dx.data();  // dx is free now: it becomes da, then dx_l
+    T* da = tmp_d_.data();  // db is spent: tmp_d_ becomes da
     bool da_set = false;
     if (cfg_.gate) {  // og = o ⊙ σ(gp): do_attn = dog ⊙ σ, dgp = dog ⊙ o ⊙ σ(1-σ)
       const T* o = o_[l].data();
       const T* gp = gp_[l].data();
-      T* dgp = t_hd2_.data();
+      T* dgp = dgp_.data();
       detail::rows(N, [&](std::size_t i) {
         for (std::size_t c = i * hd; c < (i + 1) * hd; ++c) {
           const T s = detail::sigm(gp[c]);
@@ -574,35 +659,37 @@ class model {
           dout[c] *= s;
         }
       });
-      matmul_dw(a, dgp, G + L.wg, N, d, hd);
+      matmul_dw(a, dgp, G + L.wg, N, d, hd, dw_scratch_);
       matmul_dx(dgp, P + L.wg, da, N, d, hd, T(0));
       da_set = true;
     }
-    // attention backward
-    gradients<T> g{mview(t_hd2_.data(), cfg_.heads), mview(t_kd_.data(), cfg_.kv_heads),
-                   mview(t_kd2_.data(), cfg_.kv_heads)};
+    // attention backward into dq | dk | dv
+    T* dqkv = dqkv_.data();
+    gradients<T> g{mview(dqkv, cfg_.heads), mview(dqkv + hd, cfg_.kv_heads), mview(dqkv + hd + kd, cfg_.kv_heads)};
     if constexpr (has_sink) g.params.sink = G + L.sink;
     if constexpr (has_kv) {
       g.params.kstar = G + L.kstar;
       if (cfg_.learn_vstar) g.params.vstar = G + L.vstar;
     }
     if constexpr (has_t5) g.params.bias = G + L.t5;
-    attnsink::backward(be_, layer_attention(l), view(q_[l].data(), cfg_.heads), view(k_[l].data(), cfg_.kv_heads),
-                       view(v_[l].data(), cfg_.kv_heads), tensor4<const T>(view(dout, cfg_.heads)), g);
-    // da += dq W_qᵀ + dk W_kᵀ + dv W_vᵀ
-    matmul_dw(a, t_hd2_.data(), G + L.wq, N, d, hd);
-    matmul_dw(a, t_kd_.data(), G + L.wk, N, d, kd);
-    matmul_dw(a, t_kd2_.data(), G + L.wv, N, d, kd);
-    matmul_dx(t_hd2_.data(), P + L.wq, da, N, d, hd, da_set ? T(1) : T(0));
-    matmul_dx(t_kd_.data(), P + L.wk, da, N, d, kd, T(1));
-    matmul_dx(t_kd2_.data(), P + L.wv, da, N, d, kd, T(1));
-    // dx_l = dx2 (residual) + RMSNorm'(da)   (pre-LN);   post-LN: a = x, dx_l = dx2 + da
-    if (pre) {
-      rmsnorm_backward(x_[l].data(), P + L.g1, r1_[l].data(), da, tmp_d_.data(), G + L.g1, N);
-      for (std::size_t i = 0; i < N * d; ++i) dx[i] = tmp_d_[i] + dx2[i];
+    const T* qkv = qkv_[l].data();
+    const auto q = view(qkv, cfg_.heads), k = view(qkv + hd, cfg_.kv_heads), v = view(qkv + hd + kd, cfg_.kv_heads);
+    const tensor4<const T> dov = out_view(dout);
+    if constexpr (std::is_same_v<Backend, backend::cpu>) {  // reuse the forward's output and row state
+      const saved_forward<T> saved{out_view(o_[l].data()), sm_[l].data(), sl_[l].data()};
+      attnsink::backward(be_, layer_attention(l), q, k, v, dov, g, saved);
     } else {
-      for (std::size_t i = 0; i < N * d; ++i) dx[i] = da[i] + dx2[i];
+      attnsink::backward(be_, layer_attention(l), q, k, v, dov, g);
     }
+    // da += (dq | dk | dv) (W_q | W_k | W_v)ᵀ; dW_q += aᵀ dq, dW_k += aᵀ dk, dW_v += aᵀ dv
+    const dw_part<T> parts[3] = {{G + L.wq, hd}, {G + L.wk, kd}, {G + L.wv, kd}};
+    matmul_dw(a, d, dqkv, w, N, d, parts, dw_scratch_);
+    matmul_dx(dqkv, w, wqkv_[l].data(), da, N, d, w, da_set ? T(1) : T(0));
+    // dx_l = dx2 (residual) + RMSNorm'(da)   (pre-LN);   post-LN: a = x, dx_l = dx2 + da
+    if (pre)
+      rmsnorm_backward(x_[l].data(), P + L.g1, r1_[l].data(), da, dx, dx2, G + L.g1, N);
+    else
+      add(da, dx2, dx, N * d);
   }
 };
 

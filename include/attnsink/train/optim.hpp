@@ -2,10 +2,13 @@
 // schedule (linear warmup, then constant or cosine to 10% of the peak).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <string>
 #include <vector>
+
+#include <tbb/parallel_for.h>
 
 #include "../error.hpp"
 
@@ -42,14 +45,32 @@ struct adamw {
 
   explicit adamw(std::size_t n = 0) : m(n, T(0)), v(n, T(0)) {}
 
+  // Both passes run over fixed chunks of parameters on TBB's threads; the
+  // norm adds the chunks' sums in chunk order, so nothing depends on the
+  // thread count.
+  static constexpr std::size_t chunk = std::size_t(1) << 14;
+  template <class F>
+  static void chunks(std::size_t n, F&& f) {
+    tbb::parallel_for(std::size_t(0), (n + chunk - 1) / chunk,
+                      [&](std::size_t c) { f(c, c * chunk, std::min(n, (c + 1) * chunk)); });
+  }
+
   // Clips g to global norm `clip` (0: off) and returns its norm before clipping.
   static double clip_norm(std::vector<T>& g, double clip) {
+    std::vector<double> part((g.size() + chunk - 1) / chunk, 0.0);
+    chunks(g.size(), [&](std::size_t c, std::size_t i0, std::size_t i1) {
+      double s = 0;
+      for (std::size_t i = i0; i < i1; ++i) s += double(g[i]) * double(g[i]);
+      part[c] = s;
+    });
     double ss = 0;
-    for (T x : g) ss += double(x) * double(x);
+    for (double s : part) ss += s;
     const double norm = std::sqrt(ss);
     if (clip > 0 && norm > clip) {
       const T f = T(clip / (norm + 1e-6));
-      for (T& x : g) x *= f;
+      chunks(g.size(), [&](std::size_t, std::size_t i0, std::size_t i1) {
+        for (std::size_t i = i0; i < i1; ++i) g[i] *= f;
+      });
     }
     return norm;
   }
@@ -59,12 +80,14 @@ struct adamw {
     ++t;
     const double b1 = c.beta1, b2 = c.beta2;
     const double c1 = 1.0 - std::pow(b1, double(t)), c2 = 1.0 - std::pow(b2, double(t));
-    for (std::size_t i = 0; i < p.size(); ++i) {
-      m[i] = T(b1 * m[i] + (1 - b1) * g[i]);
-      v[i] = T(b2 * v[i] + (1 - b2) * double(g[i]) * g[i]);
-      const double mh = m[i] / c1, vh = v[i] / c2;
-      p[i] = T(p[i] - lr * (mh / (std::sqrt(vh) + c.eps) + c.weight_decay * p[i]));
-    }
+    chunks(p.size(), [&](std::size_t, std::size_t i0, std::size_t i1) {
+      for (std::size_t i = i0; i < i1; ++i) {
+        m[i] = T(b1 * m[i] + (1 - b1) * g[i]);
+        v[i] = T(b2 * v[i] + (1 - b2) * double(g[i]) * g[i]);
+        const double mh = m[i] / c1, vh = v[i] / c2;
+        p[i] = T(p[i] - lr * (mh / (std::sqrt(vh) + c.eps) + c.weight_decay * p[i]));
+      }
+    });
   }
 };
 
