@@ -5,14 +5,17 @@
 // FLOPs = 6 × (parameters − the embedding table, whose lookup is no product) ×
 // tokens + attention FLOPs (causal forward 2·T²·d per sequence and layer, × 3.5
 // for forward + backward at 2.5 × forward); MFU = GFLOPS over the FMA peak
-// measured in this process (BM_fma_peak).
+// measured in this process (BM_fma_peak). On a shared machine the wall clock
+// also counts other processes' time: cpu_GFLOPS is the same FLOPs per second
+// of this process's CPU time, and cpu_MFU that over the FMA peak per CPU
+// second (measured here too) times the thread count, i.e. the share of the
+// CPU time it used that went into model FLOPs.
 //
 // Debian 12's OpenBLAS (0.3.21) misdetects some current CPUs and falls back to
-// SSE3 kernels; attnsink-train re-executes itself with OPENBLAS_CORETYPE=Haswell
-// on AVX2+FMA machines, this benchmark does not. Run it as
-//   OPENBLAS_CORETYPE=Haswell attnsink_bench --benchmark_filter='BM_fma_peak|train_step'
-// to measure what the trainer runs (RESULTS of 2026-11-28: MFU 0.223 that way,
-// 0.118 with the fallback kernels).
+// SSE3 kernels; attnsink-train re-executes itself with OPENBLAS_CORETYPE=SkylakeX
+// on AVX-512 machines (Haswell on AVX2+FMA ones), this benchmark does not. Run it as
+//   OPENBLAS_CORETYPE=SkylakeX attnsink_bench --benchmark_filter='BM_fma_peak|train_step'
+// to measure what the trainer runs on this machine.
 #include <benchmark/benchmark.h>
 
 #include <chrono>
@@ -55,6 +58,9 @@ void BM_train_step(benchmark::State& state) {
   adamw<float> opt(m.parameter_count());
   std::size_t step = 0;
   const double peak = bench::peak_gflops();  // measured before the clock starts
+  double cpu_peak = 0;                       // FMA GFLOP per CPU second, summed over the threads
+  bench::fma_gflops(bench::threads(), 20'000'000, &cpu_peak);
+  const double c0 = bench::process_cpu_seconds();
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
     const batch b = data.make_batch(1, step, batch_size, c.ctx, split::train, {});
@@ -65,6 +71,7 @@ void BM_train_step(benchmark::State& state) {
     benchmark::DoNotOptimize(loss);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double cpu_seconds = bench::process_cpu_seconds() - c0;
   const double tokens = double(batch_size * c.ctx) * double(state.iterations());
   const double dense = 6.0 * double(m.parameter_count() - c.vocab * c.d_model);
   const double attention = 3.5 * 2.0 * double(c.ctx) * double(c.d_model) * double(c.layers);  // per token
@@ -72,6 +79,9 @@ void BM_train_step(benchmark::State& state) {
   state.counters["tokens_per_s"] = tokens / seconds;
   state.counters["GFLOPS"] = gflops;
   state.counters["MFU"] = gflops / peak;
+  const double cpu_gflops = tokens * (dense + attention) * 1e-9 / cpu_seconds;
+  state.counters["cpu_GFLOPS"] = cpu_gflops;
+  state.counters["cpu_MFU"] = cpu_gflops / (cpu_peak / double(bench::threads()));
   state.counters["parameters"] = double(m.parameter_count());
 }
 

@@ -195,17 +195,27 @@ int run(int argc, char** argv) {
 }  // namespace
 
 // Debian 12's OpenBLAS (0.3.21) does not recognize some current x86-64 CPUs
-// and falls back to its SSE3 ("Prescott") kernels, 2-3x slower here. When the
-// user has not chosen a core type and the CPU has AVX2 and FMA, run again with
-// the Haswell kernels (AVX2+FMA, correct on any CPU that has those).
-void prefer_avx2_blas(char** argv) {
-  if (std::getenv("OPENBLAS_CORETYPE") || !__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return;
-  setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+// (Sapphire Rapids among them) and falls back to its SSE3 ("Prescott")
+// kernels, 2-3x slower here. When the user has not chosen a core type, run
+// again with the best kernels the CPU can run: SkylakeX (AVX-512: F, BW, DQ,
+// VL) or Haswell (AVX2+FMA). On this machine the SkylakeX sgemm does the
+// trainer's products in 0.55-0.65 of the time of the Haswell one, and the
+// trainer's tests pass with either.
+void prefer_vector_blas(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE")) return;
+  const char* core = nullptr;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    core = "SkylakeX";
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    core = "Haswell";
+  if (!core) return;
+  setenv("OPENBLAS_CORETYPE", core, 1);
   execv("/proc/self/exe", argv);  // returns only on failure: then carry on as we are
 }
 
 int main(int argc, char** argv) {
-  prefer_avx2_blas(argv);
+  prefer_vector_blas(argv);
   try {
     return run(argc, argv);
   } catch (const std::exception& e) {
