@@ -159,7 +159,7 @@ TEST_CASE("kokkos alphas_streamed_device reads q, k, stats and parameters in the
   CHECK_THROWS_AS(M::alphas_streamed_device(kokkos_be{}, a, qd, kd, row_stats<const double>{}, opt), value_error);
 }
 
-TEST_CASE("capture with the Kokkos backend collects what the reference route gives", "[metrics][kokkos][capture]") {
+TEST_CASE("kokkos capture collects what the reference route gives", "[metrics][kokkos][capture]") {
   const test::shape s{2, 4, 2, 30, 30, 8, 8};
   const test::variant_params vp(s, 3000);
   M::capture cap;

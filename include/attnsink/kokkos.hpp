@@ -5,3 +5,4 @@
 
 #include "attnsink.hpp"
 #include "backend/kokkos.hpp"
+#include "backend/kokkos_backward.hpp"

@@ -154,12 +154,16 @@ struct dkv_kernel {
     T* Rs = static_cast<T*>(t.team_scratch(g.level).get_shmem_aligned(3 * g.bq * sizeof(T), 16));
 
     T kj[Cap], vj[Cap], dk[Cap], dv[Cap];
+    ATTNSINK_UNROLL
     for (int e = 0; e < Cap; ++e) kj[e] = vj[e] = dk[e] = dv[e] = T(0);
     if (active) {
       const T* kr = pl.kf + (pr * p.tk + j) * g.dfp;
-      for (std::size_t e = 0; e < g.df; ++e) kj[e] = kr[e];
       const T* vr = pl.v.row(b, hk, j);
-      for (std::size_t e = 0; e < g.dv; ++e) vj[e] = vr[e];
+      ATTNSINK_UNROLL
+      for (int e = 0; e < Cap; ++e) {
+        if (std::size_t(e) < g.df) kj[e] = kr[e];
+        if (std::size_t(e) < g.dv) vj[e] = vr[e];
+      }
     }
     for (std::size_t gi = 0; gi < g.group; ++gi) {
       const std::size_t h = hk * g.group + gi;
@@ -187,22 +191,31 @@ struct dkv_kernel {
           const T* qr = Qs + ii * g.dfp;
           const T* gr = Gs + ii * g.dvp;
           T u = 0, dP = 0;
-          for (std::size_t e = 0; e < g.df; ++e) u += qr[e] * kj[e];
-          for (std::size_t e = 0; e < g.dv; ++e) dP += gr[e] * vj[e];
+          ATTNSINK_UNROLL
+          for (int e = 0; e < Cap; ++e) {
+            if (std::size_t(e) < g.df) u += qr[e] * kj[e];
+            if (std::size_t(e) < g.dv) dP += gr[e] * vj[e];
+          }
           const std::ptrdiff_t qp = mask::detail::qpos(i, p.tq, p.tk);
           const auto w = pl.pair(u, dP, Rs[ii], Rs[g.bq + ii], Rs[2 * g.bq + ii], b, h, qp, j, i);
           if constexpr (plan<A, T>::bias_per_site)
             if (pl.grads.params.bias) pl.grads.params.bias[pl.a.bias.param_index(pl.at(b, h, qp, j, i))] = w.dS;
-          for (std::size_t e = 0; e < g.dv; ++e) dv[e] += w.p * gr[e];
-          for (std::size_t e = 0; e < g.df; ++e) dk[e] += w.du * qr[e];
+          ATTNSINK_UNROLL
+          for (int e = 0; e < Cap; ++e) {
+            if (std::size_t(e) < g.dv) dv[e] += w.p * gr[e];
+            if (std::size_t(e) < g.df) dk[e] += w.du * qr[e];
+          }
         }
       }
     }
     if (!active) return;
     T* dkr = pl.dka + (pr * p.tk + j) * g.dfp;
-    for (std::size_t e = 0; e < g.dfp; ++e) dkr[e] = e < g.df ? dk[e] : T(0);
     T* dvr = pl.grads.dv.row(b, hk, j);
-    for (std::size_t e = 0; e < g.dv; ++e) dvr[e] = dv[e];
+    ATTNSINK_UNROLL
+    for (int e = 0; e < Cap; ++e) {
+      if (std::size_t(e) < g.dfp) dkr[e] = std::size_t(e) < g.df ? dk[e] : T(0);
+      if (std::size_t(e) < g.dv) dvr[e] = dv[e];
+    }
   }
 };
 
@@ -230,14 +243,18 @@ struct dq_kernel {
     const std::ptrdiff_t qp = mask::detail::qpos(i, p.tq, p.tk);
 
     T qr[Cap], gr[Cap], acc[Cap];
+    ATTNSINK_UNROLL
     for (int e = 0; e < Cap; ++e) qr[e] = gr[e] = acc[e] = T(0);
     T mr = 0, fr = 0, gDr = 0;
     key_range kr{0, 0};
     if (active) {
       const T* qs = pl.qc + row * g.dfp;
-      for (std::size_t e = 0; e < g.df; ++e) qr[e] = qs[e];
       const T* ds = pl.dout.row(b, h, i);
-      for (std::size_t e = 0; e < g.dv; ++e) gr[e] = ds[e];
+      ATTNSINK_UNROLL
+      for (int e = 0; e < Cap; ++e) {
+        if (std::size_t(e) < g.df) qr[e] = qs[e];
+        if (std::size_t(e) < g.dv) gr[e] = ds[e];
+      }
       mr = pl.m[row];
       fr = pl.f[row];
       gDr = pl.gD[row];
@@ -245,18 +262,24 @@ struct dq_kernel {
       if constexpr (plan<A, T>::has_kv) {  // the bias key: no mask, no positions, no additive bias
         const T* kk = pl.ks + hk * g.dfp;
         T u = 0, dP = 0;
-        for (std::size_t e = 0; e < g.df; ++e) u += qr[e] * kk[e];
-        for (std::size_t e = 0; e < g.dv; ++e) dP += gr[e] * T(pl.a.bias.vstar(hk, e, g.dv));
+        ATTNSINK_UNROLL
+        for (int e = 0; e < Cap; ++e) {
+          if (std::size_t(e) < g.df) u += qr[e] * kk[e];
+          if (std::size_t(e) < g.dv) dP += gr[e] * T(pl.a.bias.vstar(hk, std::size_t(e), g.dv));
+        }
         const T s = pl.a.score.post(u);
         const T ps = pl.a.norm.weight(s, mr) * fr;
         const T dS = pl.a.norm.weight_derivative(s, mr) * fr * dP + pl.a.norm.mass_derivative(s, mr) * gDr;
         const T du = dS * pl.a.score.post_derivative(u);
         double* kv = pl.kvrow + row * (g.dfp + g.dvp);
-        for (std::size_t e = 0; e < g.df; ++e) {
-          acc[e] += du * kk[e];
-          kv[e] = double(du) * double(qr[e]);
+        ATTNSINK_UNROLL
+        for (int e = 0; e < Cap; ++e) {
+          if (std::size_t(e) < g.df) {
+            acc[e] += du * kk[e];
+            kv[e] = double(du) * double(qr[e]);
+          }
+          if (std::size_t(e) < g.dv) kv[g.dfp + e] = double(ps) * double(gr[e]);
         }
-        for (std::size_t e = 0; e < g.dv; ++e) kv[g.dfp + e] = double(ps) * double(gr[e]);
       }
     }
     const key_range first = pl.a.mask.range(b, i0, p.tq, p.tk), last = pl.a.mask.range(b, i1 - 1, p.tq, p.tk);
@@ -279,16 +302,23 @@ struct dq_kernel {
           const T* kk = Ks + jj * g.dfp;
           const T* vv = Vs + jj * g.dvp;
           T u = 0, dP = 0;
-          for (std::size_t e = 0; e < g.df; ++e) u += qr[e] * kk[e];
-          for (std::size_t e = 0; e < g.dv; ++e) dP += gr[e] * vv[e];
+          ATTNSINK_UNROLL
+          for (int e = 0; e < Cap; ++e) {
+            if (std::size_t(e) < g.df) u += qr[e] * kk[e];
+            if (std::size_t(e) < g.dv) dP += gr[e] * vv[e];
+          }
           const auto w = pl.pair(u, dP, mr, fr, gDr, b, h, qp, j0 + jj, i);
-          for (std::size_t e = 0; e < g.df; ++e) acc[e] += w.du * kk[e];
+          ATTNSINK_UNROLL
+          for (int e = 0; e < Cap; ++e)
+            if (std::size_t(e) < g.df) acc[e] += w.du * kk[e];
         }
       }
     }
     if (!active) return;
     T* dq = pl.dqa + row * g.dfp;
-    for (std::size_t e = 0; e < g.dfp; ++e) dq[e] = e < g.df ? acc[e] : T(0);
+    ATTNSINK_UNROLL
+    for (int e = 0; e < Cap; ++e)
+      if (std::size_t(e) < g.dfp) dq[e] = std::size_t(e) < g.df ? acc[e] : T(0);
   }
 };
 

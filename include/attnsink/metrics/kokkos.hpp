@@ -78,12 +78,13 @@ Kokkos::View<double*, typename E::memory_space> row_mass(const backend::kokkos<E
 template <class E, attention_type A, class T>
 void key_features(const E& space, const A& a, tensor4<const T> k, std::size_t col, std::size_t df, double* kf,
                   double* ks) {
-  static_assert(column_alpha<A, T>::max_dim >= 1, "");
   Kokkos::parallel_for(
       "attnsink::kokkos::alpha_keys", Kokkos::RangePolicy<E>(space, 0, k.batch * k.heads),
       KOKKOS_LAMBDA(const std::size_t bh) {
         constexpr std::size_t cap = column_alpha<A, T>::max_dim;
         const std::size_t b = bh / k.heads, hk = bh % k.heads, d = k.dim;
+        double* const kstar_features = ks;  // captured outside the constexpr-if (nvcc requires it)
+        (void)kstar_features;
         double x[cap];
         const T* kr = k.row(b, hk, col);
         for (std::size_t e = 0; e < d; ++e) x[e] = double(kr[e]);
@@ -92,7 +93,7 @@ void key_features(const E& space, const A& a, tensor4<const T> k, std::size_t co
         if constexpr (A::bias_type::has_kv) {
           if (b == 0) {
             for (std::size_t e = 0; e < d; ++e) x[e] = a.bias.kstar(hk, e, d);
-            a.score.map(x, ks + hk * df, d);
+            a.score.map(x, kstar_features + hk * df, d);
           }
         }
       });
