@@ -158,6 +158,19 @@ TEST_CASE("cpu backward with small tiles, learnable biases and feature maps", "[
   }
 }
 
+TEST_CASE("cpu backward, fused schedule with query operands made per block", "[backward][cpu]") {
+  // prep_budget 0: no pair's query operands are kept (the long-context path).
+  const test::operands p(2, 4, 2, 150, 150, 32, 32, 760);
+  using A = attention<score::scaled_dot, norm::softmax, bias::alibi, pos::nope, mask::causal>;
+  using S = attention<score::scaled_dot, norm::sigmoid, bias::none, pos::nope, mask::dynamic>;
+  for (std::size_t threads : {1u, 2u}) {
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, threads);
+    expect_backward_matches(backend::cpu{16, 32, 0}, A{}, p, {}, 761);
+    expect_backward_matches(backend::cpu{16, 32, 0}, S{{}, {{}, -1.0}, {}, {}, {mask::dynamic::kind::window, 20}}, p,
+                            {}, 762);
+  }
+}
+
 TEST_CASE("cpu backward: document mask", "[backward][cpu]") {
   const test::operands p(2, 2, 1, 50, 50, 16, 16, 800);
   std::vector<std::int32_t> ids(100);
@@ -238,6 +251,23 @@ TEST_CASE("cpu backward is bit-identical whatever the thread count and schedule"
       CHECK(same_bits(r1.dv, rn.dv));
       for (std::size_t i = 0; i < slots.size(); ++i) CHECK(same_bits(r1.params[i], rn.params[i]));
     }
+  // The fused schedule re-making query operands per block (no room kept for a
+  // pair's: prep_budget 0) equals the two-pass schedule bit for bit.
+  using C = attention<score::scaled_dot, norm::softmax, bias::alibi, pos::nope, mask::causal>;
+  auto run_budget = [&](std::size_t threads, schedule sched, std::size_t budget) {
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, threads);
+    grads<float> r(p, {});
+    backward(backend::cpu{16, 32, budget}, C{}, p.Q<float>(), p.K<float>(), p.V<float>(), dout, r.g, {}, sched);
+    return r;
+  };
+  const auto c1 = run_budget(1, schedule::two_pass, 0);
+  for (std::size_t threads : {1u, 3u}) {
+    const auto cn = run_budget(threads, schedule::fused, 0);
+    INFO(threads << " threads, fused, operands per block");
+    CHECK(same_bits(c1.dq, cn.dq));
+    CHECK(same_bits(c1.dk, cn.dk));
+    CHECK(same_bits(c1.dv, cn.dv));
+  }
   const std::vector<test::param_slot> tslot = {{"dt5", &table, &param_grads<double>::bias}};
   const auto t1 = run(1, bt, tslot), t2 = run(2, bt, tslot, schedule::fused);
   CHECK(same_bits(t1.params[0], t2.params[0]));

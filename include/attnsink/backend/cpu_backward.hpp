@@ -3,22 +3,29 @@
 //
 // Nothing tokens × tokens is ever allocated: each (query tile × key tile) block
 // recomputes its scores from the prepared q, k features and the forward's kept
-// row state (m, l), forms P and dS in a tile-sized scratch, and is done.
-// Memory is O(tokens · dim): prepared q/k features, transposed K and V, and
-// float accumulators for dq, dk, dv.
+// row state (m, l), forms P and dS in a tile-sized scratch, and is done. The
+// five tile products (S = Q·Kᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q,
+// dQ += dS·K) run on the forward's register-blocked micro-kernel, reading Pᵀ
+// and dSᵀ in place (no transposes); the elementwise step (P, dS from S, dP) is
+// SIMD for the softmax family and sigmoid, with ALiBi as one FMA per vector.
 //
-// Determinism without atomics: two passes over the same blocks.
-//   dk, dv  — parallel over (batch, kv head, key tile); each task walks its
-//             query tiles in ascending order and owns its rows of dk, dv;
-//   dq      — parallel over (batch, kv head, query tile); each task walks its
-//             key tiles in ascending order and owns its rows of dq.
-// With at least two (batch, kv head) pairs per hardware thread, one task per
-// pair runs both passes' blocks at once instead (5 tile products rather than 7,
-// one exponential per score rather than two); each row still receives the same
-// products in the same order, so the two schedules agree bit for bit (tested).
-// Per-parameter sums (sink logits, k*, v*, the T5 table, feature-map weights)
-// are formed per task (or per fixed chunk of rows) and then added in task
-// order. No result depends on which thread ran what, so gradients are
+// Determinism without atomics: every accumulator row is owned by one task and
+// receives its products in a fixed order.
+//   fused (the default with at least two (batch, kv head) pairs per hardware
+//   thread) — one task per pair walks its key tiles in ascending order, each
+//   meeting the pair's query tiles in ascending order: one pass, 5 tile
+//   products and one exponential per score. Memory per thread: the pair's row
+//   state and dq accumulators (O(tokens · dim)) plus one key tile; query
+//   operands are re-made per block from q and dO (a copy) unless a rotation or
+//   feature map makes them worth keeping for the pair.
+//   two_pass (few pairs) — dk, dv parallel over (pair, key tile), each task
+//   walking its query tiles in ascending order; then dq parallel over (pair,
+//   query tile), each walking its key tiles in ascending order (7 products).
+//   Operands are made once for all pairs (O(tokens · dim)).
+// Both schedules form the same products in the same order, so they agree bit
+// for bit (tested). Per-parameter sums (sink logits, k*, v*, the T5 table,
+// feature-map weights) are formed per task or per tile and then added in a
+// fixed order. No result depends on which thread ran what, so gradients are
 // bit-identical whatever the thread count.
 //
 // Link attnsink::cpu (xsimd, TBB).
@@ -34,6 +41,9 @@
 #include <tbb/enumerable_thread_specific.h>
 #include <tbb/parallel_for.h>
 #include <xsimd/xsimd.hpp>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "../backward.hpp"
 #include "cpu.hpp"
@@ -76,45 +86,99 @@ inline constexpr bool float_too_coarse =
     (N::has_denominator && !N::non_negative) || std::is_same_v<N, norm::softpick> ||
     requires { typename N::function; };  // norm::normalized<F>
 
-// C[r][0..n) = Σ_{c<kd} A[r][c] · Bt[c][0..n) for r < nr (a multiple of 4);
-// n a multiple of 2W; Bt and C aligned with row strides multiples of W.
+// Every tile product is cpu_detail::gemm (the forward's register-blocked
+// micro-kernel: 6 rows × 4 vectors of accumulators on AVX-512): each output
+// element is one FMA chain over its reduction index in ascending order, from
+// zero or from the accumulator's previous value, so a product's bits do not
+// depend on which loop nest (schedule) runs it. Row strides of the operands
+// read as vectors (B) and of the results are padded to whole SIMD vectors.
+template <bool Add, class T>
+inline void tile_gemm(std::size_t m, std::size_t n, const T* a, std::size_t ais, std::size_t aks, const T* b,
+                      std::size_t ldb, std::size_t K, T* c, std::size_t ldc) {
+  cpu_detail::gemm<Add>(m, n / simd<T>::size, a, ais, aks, b, ldb, K, c, ldc);
+}
+
+// e^x, x finite. AVX-512 float: Cephes' expf polynomial with vscalefps (12
+// instructions, about half of xsimd::exp's); elsewhere xsimd::exp.
 template <class T>
-inline void gemm_nt(const T* A, std::size_t lda, const T* Bt, std::size_t ldb, T* C, std::size_t ldc, std::size_t nr,
-                    std::size_t n, std::size_t kd) {
-  constexpr std::size_t W = simd<T>::size;
-  for (std::size_t r = 0; r < nr; r += 4) {
-    const T* a0 = A + r * lda;
-    for (std::size_t j = 0; j < n; j += 2 * W) {
-      simd<T> c00(T(0)), c01(T(0)), c10(T(0)), c11(T(0)), c20(T(0)), c21(T(0)), c30(T(0)), c31(T(0));
-      const T* bc = Bt + j;
-      for (std::size_t c = 0; c < kd; ++c, bc += ldb) {
-        const simd<T> b0 = simd<T>::load_aligned(bc), b1 = simd<T>::load_aligned(bc + W);
-        const simd<T> x0(a0[c]), x1(a0[lda + c]), x2(a0[2 * lda + c]), x3(a0[3 * lda + c]);
-        c00 = xsimd::fma(x0, b0, c00); c01 = xsimd::fma(x0, b1, c01);
-        c10 = xsimd::fma(x1, b0, c10); c11 = xsimd::fma(x1, b1, c11);
-        c20 = xsimd::fma(x2, b0, c20); c21 = xsimd::fma(x2, b1, c21);
-        c30 = xsimd::fma(x3, b0, c30); c31 = xsimd::fma(x3, b1, c31);
-      }
-      T* c0 = C + r * ldc + j;
-      c00.store_aligned(c0); c01.store_aligned(c0 + W);
-      c10.store_aligned(c0 + ldc); c11.store_aligned(c0 + ldc + W);
-      c20.store_aligned(c0 + 2 * ldc); c21.store_aligned(c0 + 2 * ldc + W);
-      c30.store_aligned(c0 + 3 * ldc); c31.store_aligned(c0 + 3 * ldc + W);
-    }
+inline simd<T> exp_fast(const simd<T>& x) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && simd<T>::size == 16) {
+    const __m512 v = x;
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(y, n);
+  }
+#endif
+  return xsimd::exp(x);
+}
+
+// e^x for x <= 0 (a score minus its row's maximum), and 0 below -64: weights
+// under e^-64 ≈ 1.6e-28 of the row's largest are dropped rather than left to
+// become subnormal in the products (a microcode assist per operation; ALiBi's
+// distant keys do that).
+template <class T>
+inline simd<T> exp_weight(const simd<T>& x) {
+  return xsimd::select(x >= simd<T>(T(-64)), exp_fast(x), simd<T>(T(0)));
+}
+
+// σ(x) = 1/(1 + e^{-x}): the reciprocal estimate and one Newton step for float
+// (as the forward's kernel); -x clamped at 80 keeps 1 + e^{-x} finite and σ normal.
+template <class T>
+inline simd<T> sigmoid_fast(const simd<T>& x) {
+  const simd<T> y = simd<T>(T(1)) + exp_fast(xsimd::min(-x, simd<T>(T(80))));
+  if constexpr (std::is_same_v<T, float>) {
+    const simd<T> r = xsimd::reciprocal(y);
+    return r * xsimd::fnma(y, r, simd<T>(T(2)));
+  } else {
+    return simd<T>(T(1)) / y;
   }
 }
 
-// dst (n × m, row stride ldd) = srcᵀ for src (m × n, row stride lds).
+// 0, 1, ..., W - 1 as T: the key offsets of one vector of scores.
 template <class T>
-inline void transpose(const T* src, std::size_t lds, T* dst, std::size_t ldd, std::size_t m, std::size_t n) {
-  for (std::size_t i = 0; i < m; ++i)
-    for (std::size_t j = 0; j < n; ++j) dst[j * ldd + i] = src[i * lds + j];
+inline simd<T> iota() {
+  alignas(64) T x[simd<T>::size];
+  for (std::size_t w = 0; w < simd<T>::size; ++w) x[w] = T(w);
+  return simd<T>::load_aligned(x);
 }
 
 template <class T>
 struct scratch {
-  avec<T> s, dp, pt, dut;
-  std::vector<double> x, dx, dphi;
+  avec<T> s, dp;                  // one block's P (from S) and dS (from dP), R × bk
+  avec<T> qc, dO;                 // fused: one query tile's operands (R × dfp, R × dvp), or a pair's (kept)
+  avec<T> kp, kt, vt, dk, dv;     // fused: one key tile's operands and dk, dv accumulators
+  avec<T> m, l, f, gD, D, dq;     // fused: one pair's row state and dq accumulators
+  std::vector<T> x, dphi, dx;
+};
+
+// One query tile's rows (r < R): operands, row state and dq accumulators.
+template <class T>
+struct qside {
+  const T* Q;  // c · map(rope(q)), R × dfp
+  const T* G;  // dO, R × dvp
+  const T *m, *l, *f, *gD, *D;
+  T* dq;       // d map(q) / c, R × dfp
+};
+
+// One key tile, from its first key: operands and dk, dv accumulators.
+template <class T>
+struct kside {
+  const T* kp;     // map(rope(k)), bk × dfp
+  const T* kt;     // its transpose, df × ld
+  const T* vt;     // vᵀ, dv × ld
+  std::size_t ld;
+  T* dk;           // d map(k), bk × dfp
+  T* dv;           // bk × dvp
 };
 
 template <class A, class T>
@@ -124,50 +188,120 @@ struct plan {
   using score_t = typename A::score_type;
   static constexpr bool has_kv = bias_t::has_kv;
   static constexpr std::size_t W = simd<T>::size;
-  // softmax family with a plain score: the block's elementwise step runs in SIMD.
-  static constexpr bool exp_fast =
-      std::is_base_of_v<norm::exp_family, norm_t> && !score_t::has_post && !bias_t::additive;
+  static constexpr bool exp_norm = std::is_base_of_v<norm::exp_family, norm_t>;
+  static constexpr bool sigmoid_norm = std::is_same_v<norm_t, norm::sigmoid>;
+  // ALiBi's bias is one FMA per score vector (as in the forward's kernel)
+  static constexpr bool alibi_fast = std::is_same_v<bias_t, bias::alibi>;
+  // The block's elementwise step runs in SIMD for the softmax family and
+  // sigmoid with a plain score; other additive biases are added (and their
+  // parameter gradients gathered) by a scalar pass around the vector step.
+  static constexpr bool vec_fast = (exp_norm || sigmoid_norm) && !score_t::has_post;
   // a tensor bias has one parameter per site: its gradient is written, not summed
   static constexpr bool bias_per_site = std::is_same_v<bias_t, bias::tensor>;
 
   const A& a;
   problem p;
   tensor4<const T> q, k, v, dout;
+  saved_forward<T> saved;
   gradients<T> g;
   std::size_t d, dv, df, group, ni, bk, R, qtiles, ktiles, tkp, pairs, nbias;
+  std::size_t dfp, dvp;  // df, dv rounded up to whole SIMD vectors: the row strides of Q, dO, kp and the accumulators
+  std::size_t np;        // the score's parameters (feature-map weights)
   T c;
   bool causal;
 
-  // Rows in tile order: row (pair, qt, rr) at (pair·qtiles + qt)·R + rr; rr <
-  // (positions in the tile)·group is position i0 + rr / group of head hk·group + rr % group.
-  avec<T> qc;                      // c · map(rope(q)), rows × df
-  avec<T> dO;                      // dO, rows × dv
-  avec<T> m, l, f, gD, D;          // per row
-  avec<T> kp, kt, vt;              // per pair: map(rope(k)) tkp × df, its transpose df × tkp, vᵀ dv × tkp
   avec<T> ks;                      // per pair: map(k*), df
-  // accumulators (rows × df, pair·tkp × df, pair·tkp × dv): each block adds only into rows its task owns
-  mutable avec<T> dqa, dka, dva;
-  std::vector<double> task_bias;   // dk/dv pass: per task, nbias
-  std::vector<double> task_kv;     // dq pass: per task, df (d map(k*)) + dv (dv*) + group (sink)
+  std::vector<double> task_bias;   // per (pair, key tile): nbias
+  std::vector<double> task_kv;     // per (pair, query tile): df (d map(k*)) + dv (dv*) + group (sink)
+  mutable std::vector<double> chunk_params;  // per (pair, query tile), then per (pair, key tile), then k*: np
+  std::size_t kv_stride() const { return df + dv + group; }
 
-  std::size_t row0(std::size_t pair, std::size_t qt) const { return (pair * qtiles + qt) * R; }
+  // Rows of query tile qt: r < (positions in the tile)·group is position
+  // i0 + r / group of head hk·group + r % group.
+  std::size_t tile_nr(std::size_t qt) const { return (std::min(qt * ni + ni, p.tq) - qt * ni) * group; }
+  bool skipped(std::size_t pair, std::size_t qt, std::size_t kt_) const {
+    const std::size_t i0 = qt * ni, j0 = kt_ * bk;
+    return classify(a.mask, pair / p.kv_heads, i0, std::min(i0 + ni, p.tq), j0, std::min(j0 + bk, p.tk), p.tq,
+                    p.tk) == tile_visibility::skip;
+  }
+
+  // Query tile qt's operands: Q = c·map(rope(q)) and G = dO (padding columns zero).
+  void prep_operands(std::size_t pair, std::size_t qt, T* Q, T* G, T* x) const {
+    const std::size_t b = pair / p.kv_heads, hk = pair % p.kv_heads, i0 = qt * ni, nr = tile_nr(qt);
+    for (std::size_t r = 0; r < nr; ++r) {
+      const std::size_t i = i0 + r / group, h = hk * group + r % group;
+      const T* src = q.row(b, h, i);
+      std::copy(src, src + d, x);
+      a.pos.apply(x, d, mask::detail::qpos(i, p.tq, p.tk), 1);
+      T* qr = Q + r * dfp;
+      a.score.map(x, qr, d);
+      for (std::size_t e = 0; e < df; ++e) qr[e] *= c;
+      std::fill(qr + df, qr + dfp, T(0));
+      const T* gsrc = dout.row(b, h, i);
+      std::copy(gsrc, gsrc + dv, G + r * dvp);
+      std::fill(G + r * dvp + dv, G + (r + 1) * dvp, T(0));
+    }
+  }
+
+  // Query tile qt's row state from the forward's (m, l): f, gD and D = dO·O.
+  void prep_state(std::size_t pair, std::size_t qt, T* m, T* l, T* f, T* gD, T* D) const {
+    const std::size_t b = pair / p.kv_heads, hk = pair % p.kv_heads, i0 = qt * ni, nr = tile_nr(qt);
+    for (std::size_t r = 0; r < R; ++r) {
+      if (r >= nr) {
+        m[r] = l[r] = f[r] = gD[r] = D[r] = T(0);
+        continue;
+      }
+      const std::size_t i = i0 + r / group, h = hk * group + r % group;
+      const T* gsrc = dout.row(b, h, i);
+      const T* o = saved.out.row(b, h, i);
+      double Dr = 0;  // D = dO·O = Σ_j p_j dP_j, the kv value included
+      for (std::size_t e = 0; e < dv; ++e) Dr += double(gsrc[e]) * double(o[e]);
+      const std::size_t srow = (b * p.heads + h) * p.tq + i;
+      const T mr = saved.max[srow], lr = saved.sum[srow];
+      m[r] = mr;
+      l[r] = lr;
+      D[r] = T(Dr);
+      f[r] = a.norm.finish(mr, lr);
+      gD[r] = a.norm.finish_log_derivative(mr, lr) * T(Dr);
+    }
+  }
+
+  // Key tile kt_'s operands into ks (kp, kt, vt; padding zero).
+  void prep_keys(std::size_t pair, std::size_t kt_, T* kp, T* kt, T* vt, std::size_t ld, T* x) const {
+    const std::size_t b = pair / p.kv_heads, hk = pair % p.kv_heads;
+    const std::size_t j0 = kt_ * bk, nk = std::min(bk, p.tk - j0), nkp = round_up(nk, 2 * W);
+    for (std::size_t jj = 0; jj < nk; ++jj) {
+      const std::size_t j = j0 + jj;
+      const T* src = k.row(b, hk, j);
+      std::copy(src, src + d, x);
+      a.pos.apply(x, d, std::ptrdiff_t(j), 1);
+      T* kr = kp + jj * dfp;
+      a.score.map(x, kr, d);
+      std::fill(kr + df, kr + dfp, T(0));
+      for (std::size_t e = 0; e < df; ++e) kt[e * ld + jj] = kr[e];
+      const T* vr = v.row(b, hk, j);
+      for (std::size_t e = 0; e < dv; ++e) vt[e * ld + jj] = vr[e];
+    }
+    for (std::size_t e = 0; e < df; ++e) std::fill(kt + e * ld + nk, kt + e * ld + nkp, T(0));
+    for (std::size_t e = 0; e < dv; ++e) std::fill(vt + e * ld + nk, vt + e * ld + nkp, T(0));
+  }
 
   // One (query tile × key tile) block. DKV: add into dk, dv; DQ: into dq.
   template <bool DKV, bool DQ>
-  void block(scratch<T>& sc, std::size_t pair, std::size_t qt, std::size_t kt_, double* tb) const {
+  void block(scratch<T>& sc, const qside<T>& qs, const kside<T>& ksd, std::size_t pair, std::size_t qt,
+             std::size_t kt_, double* tb) const {
     const std::size_t b = pair / p.kv_heads, hk = pair % p.kv_heads;
     const std::size_t i0 = qt * ni, i1 = std::min(i0 + ni, p.tq), nr = (i1 - i0) * group;
     const std::size_t j0 = kt_ * bk, nk = std::min(bk, p.tk - j0), nkp = round_up(nk, 2 * W);
     const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
     if (vis == tile_visibility::skip) return;
-    const std::size_t base = row0(pair, qt);
-    const T* Q = qc.data() + base * df;
-    const T* G = dO.data() + base * dv;
+    const T* Q = qs.Q;
+    const T* G = qs.G;
     T* S = sc.s.data();
     T* dP = sc.dp.data();
     // forward: u = c·map(q)·map(k); backward: dP = dO · vᵀ
-    gemm_nt(Q, df, kt.data() + pair * df * tkp + j0, tkp, S, bk, R, nkp, df);
-    gemm_nt(G, dv, vt.data() + pair * dv * tkp + j0, tkp, dP, bk, R, nkp, dv);
+    tile_gemm<false>(nr, nkp, Q, dfp, 1, ksd.kt, ksd.ld, df, S, bk);
+    tile_gemm<false>(nr, nkp, G, dvp, 1, ksd.vt, ksd.ld, dv, dP, bk);
     for (std::size_t r = 0; r < R; ++r) {
       T* sr = S + r * bk;
       T* dr = dP + r * bk;
@@ -185,15 +319,47 @@ struct plan {
           if (c1 < c0) c1 = c0;
         }
       }
-      const T mr = m[base + r], fr = f[base + r], gr = gD[base + r];
-      if constexpr (exp_fast) {
-        // p = e^{s - m}·f; dS = e^{s - m}·(f·dP + g·D)  (norm.hpp, weight' = mass' = weight)
-        const simd<T> mv(mr), fv(fr), gv(gr);
-        for (std::size_t jj = c0 / W * W; jj < c1; jj += W) {
-          const simd<T> w = xsimd::exp(simd<T>::load_aligned(sr + jj) - mv);
-          const simd<T> dpv = simd<T>::load_aligned(dr + jj);
-          (w * fv).store_aligned(sr + jj);
-          (w * xsimd::fma(fv, dpv, gv)).store_aligned(dr + jj);
+      const T mr = qs.m[r], fr = qs.f[r], gr = qs.gD[r];
+      if constexpr (vec_fast) {
+        if (c0 < c1) {
+          const std::ptrdiff_t qp = mask::detail::qpos(i, p.tq, p.tk);
+          if constexpr (bias_t::additive && !alibi_fast)
+            for (std::size_t jj = c0; jj < c1; ++jj)
+              sr[jj] += T(a.bias.value(site{b, h, p.heads, qp, std::ptrdiff_t(j0 + jj), i, p.tq, p.tk, causal}));
+          const simd<T> mv(mr), fv(fr), gv(gr);
+          [[maybe_unused]] simd<T> slope(T(0)), kq(T(0));
+          if constexpr (alibi_fast) {
+            // s += -slope·(i - j) = slope·(j - i), j - i exact in T (as the forward rounds it)
+            slope = simd<T>(T(a.bias.slope(h, p.heads)));
+            kq = iota<T>() - simd<T>(T(qp));
+          }
+          for (std::size_t jj = c0 / W * W; jj < c1; jj += W) {
+            simd<T> s = simd<T>::load_aligned(sr + jj);
+            if constexpr (alibi_fast) s = xsimd::fma(slope, kq + simd<T>(T(j0 + jj)), s);
+            const simd<T> dpv = simd<T>::load_aligned(dr + jj);
+            if constexpr (exp_norm) {
+              // p = e^{s - m}·f; dS = e^{s - m}·(f·dP + g·D)  (norm.hpp, weight' = mass' = weight)
+              const simd<T> w = exp_weight(s - mv);
+              (w * fv).store_aligned(sr + jj);
+              (w * xsimd::fma(fv, dpv, gv)).store_aligned(dr + jj);
+            } else {
+              // sigmoid: p = σ(s + b)·f; dS = σ(1 - σ)·f·dP (no denominator, so no mass term)
+              const simd<T> w = sigmoid_fast(s + simd<T>(T(a.norm.bias)));
+              (w * fv).store_aligned(sr + jj);
+              ((w - w * w) * (fv * dpv)).store_aligned(dr + jj);
+            }
+          }
+          if constexpr (bias_t::additive && !alibi_fast)
+            if (DKV && g.params.bias)
+              for (std::size_t jj = c0; jj < c1; ++jj) {
+                const std::ptrdiff_t idx =
+                    a.bias.param_index(site{b, h, p.heads, qp, std::ptrdiff_t(j0 + jj), i, p.tq, p.tk, causal});
+                if constexpr (bias_per_site) {
+                  g.params.bias[idx] = dr[jj];
+                } else if (idx >= 0) {
+                  tb[idx] += double(dr[jj]);
+                }
+              }
         }
       } else {
         const std::ptrdiff_t qp = mask::detail::qpos(i, p.tq, p.tk);
@@ -222,46 +388,94 @@ struct plan {
       std::fill(dr + c1, dr + nkp, T(0));
     }
     if constexpr (DKV) {
-      // dv_j += Σ_r p_rj dO_r; d map(k_j) += Σ_r du_rj · c·map(q_r)
-      transpose(S, bk, sc.pt.data(), R, R, nkp);
-      transpose(dP, bk, sc.dut.data(), R, R, nkp);
-      gemm_acc(sc.pt.data(), R, G, dv, R, dva.data() + (pair * tkp + j0) * dv, dv, nkp, dv);
-      gemm_acc(sc.dut.data(), R, Q, df, R, dka.data() + (pair * tkp + j0) * df, df, nkp, df);
+      // dv_j += Σ_r p_rj dO_r; d map(k_j) += Σ_r du_rj · c·map(q_r)  (Pᵀ, dSᵀ read in place)
+      tile_gemm<true>(nk, dvp, S, 1, bk, G, dvp, nr, ksd.dv, dvp);
+      tile_gemm<true>(nk, dfp, dP, 1, bk, Q, dfp, nr, ksd.dk, dfp);
     }
     if constexpr (DQ) {
       // d map(q_r) / c += Σ_j du_rj · map(k_j)
-      gemm_acc(dP, bk, kp.data() + (pair * tkp + j0) * df, df, nk, dqa.data() + base * df, df, R, df);
+      tile_gemm<true>(nr, dfp, dP, bk, 1, ksd.kp, dfp, nk, qs.dq, dfp);
     }
   }
 
-  // The kv_bias key of every row of a query tile (dq pass): dq and the
-  // task's k*, v* sums; and the sink logit's gradient.
-  void tile_rows(std::size_t pair, std::size_t qt, double* tk) const {
-    const std::size_t b = pair / p.kv_heads, hk = pair % p.kv_heads;
-    const std::size_t i0 = qt * ni, i1 = std::min(i0 + ni, p.tq), nr = (i1 - i0) * group;
-    const std::size_t base = row0(pair, qt);
+  // The kv_bias key of every row of a query tile (before its blocks add into
+  // dq): dq and the task's k*, v* sums; and the sink logit's gradient.
+  void tile_kv(const qside<T>& qs, std::size_t pair, std::size_t qt, double* tk) const {
+    const std::size_t hk = pair % p.kv_heads, nr = tile_nr(qt);
     for (std::size_t r = 0; r < nr; ++r) {
-      const std::size_t h = hk * group + r % group, row = base + r;
+      const std::size_t h = hk * group + r % group;
       if constexpr (detail::learns_init<norm_t>)
-        tk[df + dv + r % group] += double(a.norm.init_gradient(h, m[row], l[row], D[row]));
+        tk[df + dv + r % group] += double(a.norm.init_gradient(h, qs.m[r], qs.l[r], qs.D[r]));
       if constexpr (has_kv) {
-        const T* qr = qc.data() + row * df;
+        const T* qr = qs.Q + r * dfp;
         const T* kk = ks.data() + pair * df;
-        const T* gr = dO.data() + row * dv;
+        const T* gr = qs.G + r * dvp;
         T u = 0, dPs = 0;
         for (std::size_t e = 0; e < df; ++e) u += qr[e] * kk[e];
         for (std::size_t e = 0; e < dv; ++e) dPs += gr[e] * T(a.bias.vstar(hk, e, dv));
-        const T s = a.score.post(u), mr = m[row];
-        const T ps = a.norm.weight(s, mr) * f[row];
-        const T dS = a.norm.weight_derivative(s, mr) * f[row] * dPs + a.norm.mass_derivative(s, mr) * gD[row];
+        const T s = a.score.post(u), mr = qs.m[r];
+        const T ps = a.norm.weight(s, mr) * qs.f[r];
+        const T dS = a.norm.weight_derivative(s, mr) * qs.f[r] * dPs + a.norm.mass_derivative(s, mr) * qs.gD[r];
         const T du = dS * a.score.post_derivative(u);
-        T* dq = dqa.data() + row * df;
+        T* dq = qs.dq + r * dfp;
         for (std::size_t e = 0; e < df; ++e) {
           dq[e] += du * kk[e];
           tk[e] += double(du) * double(qr[e]);
         }
         for (std::size_t e = 0; e < dv; ++e) tk[df + e] += double(ps) * double(gr[e]);
       }
+    }
+  }
+
+  // Back through the feature map and the rotation: query tile qt's dq
+  // accumulators (R × dfp) into g.dq; map weight gradients into chunk (pair, qt).
+  void finish_q(std::size_t pair, std::size_t qt, const T* dq, scratch<T>& sc) const {
+    const std::size_t b = pair / p.kv_heads, hk = pair % p.kv_heads, i0 = qt * ni, nr = tile_nr(qt);
+    double* dparams = np ? chunk_params.data() + (pair * qtiles + qt) * np : nullptr;
+    T *x = sc.x.data(), *dphi = sc.dphi.data(), *dx = sc.dx.data();
+    for (std::size_t r = 0; r < nr; ++r) {
+      const std::size_t i = i0 + r / group, h = hk * group + r % group;
+      const T* src = q.row(b, h, i);
+      const std::ptrdiff_t qp = mask::detail::qpos(i, p.tq, p.tk);
+      T* out = g.dq.row(b, h, i);
+      if constexpr (!score_t::maps_features) {
+        if (!a.pos.rotates()) {  // identity map, no rotation: dq = c · accumulator
+          for (std::size_t e = 0; e < d; ++e) out[e] = dq[r * dfp + e] * c;
+          continue;
+        }
+      }
+      std::copy(src, src + d, x);
+      a.pos.apply(x, d, qp, 1);
+      for (std::size_t e = 0; e < df; ++e) dphi[e] = dq[r * dfp + e] * c;
+      a.score.map_backward(x, dphi, dx, d, dparams);
+      a.pos.apply(dx, d, qp, -1);
+      std::copy(dx, dx + d, out);
+    }
+  }
+
+  // Key tile kt_'s dk (bk × dfp) and dv (bk × dvp) accumulators into g.dk, g.dv;
+  // map weight gradients into chunk (pair, kt_).
+  void finish_k(std::size_t pair, std::size_t kt_, const T* dk, const T* dvacc, scratch<T>& sc) const {
+    const std::size_t b = pair / p.kv_heads, hk = pair % p.kv_heads;
+    const std::size_t j0 = kt_ * bk, nk = std::min(bk, p.tk - j0);
+    double* dparams = np ? chunk_params.data() + (pairs * qtiles + pair * ktiles + kt_) * np : nullptr;
+    T *x = sc.x.data(), *dx = sc.dx.data();
+    for (std::size_t jj = 0; jj < nk; ++jj) {
+      const std::size_t j = j0 + jj;
+      T* out = g.dk.row(b, hk, j);
+      bool plain = false;
+      if constexpr (!score_t::maps_features) plain = !a.pos.rotates();
+      if (plain) {
+        std::copy(dk + jj * dfp, dk + jj * dfp + d, out);
+      } else {
+        const T* src = k.row(b, hk, j);
+        std::copy(src, src + d, x);
+        a.pos.apply(x, d, std::ptrdiff_t(j), 1);
+        a.score.map_backward(x, dk + jj * dfp, dx, d, dparams);
+        a.pos.apply(dx, d, std::ptrdiff_t(j), -1);
+        std::copy(dx, dx + d, out);
+      }
+      std::copy(dvacc + jj * dvp, dvacc + jj * dvp + dv, g.dv.row(b, hk, j));
     }
   }
 };
@@ -309,17 +523,11 @@ void backward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<c
   const std::size_t R = cpu_bwd::round_up(ni * group, 4);
   const std::size_t qtiles = (p.tq + ni - 1) / ni, ktiles = (p.tk + bk - 1) / bk, tkp = ktiles * bk;
   const std::size_t pairs = p.batch * p.kv_heads, rows = pairs * qtiles * R;
-  P pl{a, p, q, k, v, dout, g, d, dv, df, group, ni, bk, R, qtiles, ktiles, tkp, pairs,
-       g.params.bias && !P::bias_per_site ? a.bias.param_count(p) : 0, T(a.score.scale(d)), a.mask.is_causal()};
-  pl.qc.assign(rows * df, T(0));
-  pl.dO.assign(rows * dv, T(0));
-  for (auto* x : {&pl.m, &pl.l, &pl.f, &pl.gD, &pl.D}) x->assign(rows, T(0));
-  pl.kp.assign(pairs * tkp * df, T(0));
-  pl.kt.assign(pairs * df * tkp, T(0));
-  pl.vt.assign(pairs * dv * tkp, T(0));
-  pl.dqa.assign(rows * df, T(0));
-  pl.dka.assign(pairs * tkp * df, T(0));
-  pl.dva.assign(pairs * tkp * dv, T(0));
+  const std::size_t dfp = cpu_bwd::round_up(df, W), dvp = cpu_bwd::round_up(dv, W);
+  const std::size_t np = a.score.param_count(d);
+  P pl{a, p, q, k, v, dout, saved, g, d, dv, df, group, ni, bk, R, qtiles, ktiles, tkp, pairs,
+       g.params.bias && !P::bias_per_site ? a.bias.param_count(p) : 0, dfp, dvp, np, T(a.score.scale(d)),
+       a.mask.is_causal()};
   if constexpr (P::has_kv) {
     pl.ks.assign(pairs * df, T(0));
     std::vector<T> x(d);
@@ -328,90 +536,126 @@ void backward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<c
       a.score.map(x.data(), pl.ks.data() + pr * df, d);
     }
   }
-  const std::size_t kv_stride = df + dv + group;
-  pl.task_kv.assign(pairs * qtiles * kv_stride, 0.0);
+  const std::size_t kv_stride = pl.kv_stride();
+  constexpr bool kv_sums = P::has_kv || detail::learns_init<norm_t>;  // tile_kv writes task_kv
+  pl.task_kv.assign(kv_sums ? pairs * qtiles * kv_stride : 0, 0.0);
   pl.task_bias.assign(pairs * ktiles * pl.nbias, 0.0);
+  pl.chunk_params.assign(np ? (pairs * (qtiles + ktiles) + 1) * np : 0, 0.0);
   if constexpr (P::bias_per_site)
     if (g.params.bias) std::fill(g.params.bias, g.params.bias + a.bias.param_count(p), T(0));
 
-  // Prepare rows (q features scaled by c, dO, the row state) and keys.
-  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, pairs * qtiles), [&](const auto& rg) {
-    std::vector<T> x(std::max(d, df));
-    for (std::size_t t = rg.begin(); t != rg.end(); ++t) {
-      const std::size_t pr = t / qtiles, qt = t % qtiles, b = pr / p.kv_heads, hk = pr % p.kv_heads;
-      const std::size_t i0 = qt * ni, nr = (std::min(i0 + ni, p.tq) - i0) * group;
-      for (std::size_t r = 0; r < nr; ++r) {
-        const std::size_t i = i0 + r / group, h = hk * group + r % group, row = t * R + r;
-        const T* src = q.row(b, h, i);
-        std::copy(src, src + d, x.begin());
-        a.pos.apply(x.data(), d, mask::detail::qpos(i, p.tq, p.tk), 1);
-        T* qr = pl.qc.data() + row * df;
-        a.score.map(x.data(), qr, d);
-        for (std::size_t e = 0; e < df; ++e) qr[e] *= pl.c;
-        const T* gsrc = dout.row(b, h, i);
-        const T* o = saved.out.row(b, h, i);
-        double Dr = 0;  // D = dO·O = Σ_j p_j dP_j, the kv value included
-        for (std::size_t e = 0; e < dv; ++e) {
-          pl.dO[row * dv + e] = gsrc[e];
-          Dr += double(gsrc[e]) * double(o[e]);
-        }
-        const std::size_t srow = (b * p.heads + h) * p.tq + i;
-        const T mr = saved.max[srow], lr = saved.sum[srow];
-        pl.m[row] = mr;
-        pl.l[row] = lr;
-        pl.D[row] = T(Dr);
-        pl.f[row] = a.norm.finish(mr, lr);
-        pl.gD[row] = a.norm.finish_log_derivative(mr, lr) * T(Dr);
-      }
-    }
-  });
-  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, pairs * p.tk, 64), [&](const auto& rg) {
-    std::vector<T> x(d);
-    for (std::size_t idx = rg.begin(); idx != rg.end(); ++idx) {
-      const std::size_t pr = idx / p.tk, j = idx % p.tk, b = pr / p.kv_heads, hk = pr % p.kv_heads;
-      const T* src = k.row(b, hk, j);
-      std::copy(src, src + d, x.begin());
-      a.pos.apply(x.data(), d, std::ptrdiff_t(j), 1);
-      T* kr = pl.kp.data() + (pr * tkp + j) * df;
-      a.score.map(x.data(), kr, d);
-      for (std::size_t e = 0; e < df; ++e) pl.kt[(pr * df + e) * tkp + j] = kr[e];
-      const T* vr = v.row(b, hk, j);
-      for (std::size_t e = 0; e < dv; ++e) pl.vt[(pr * dv + e) * tkp + j] = vr[e];
-    }
-  });
-
-  tbb::enumerable_thread_specific<cpu_bwd::scratch<T>> scratch([&] {
-    cpu_bwd::scratch<T> s;
-    s.s.assign(R * bk, T(0));
-    s.dp.assign(R * bk, T(0));
-    s.pt.assign(bk * R, T(0));
-    s.dut.assign(bk * R, T(0));
-    return s;
-  });
   if (sched == cpu_bwd::schedule::automatic)
     sched = pairs >= 2 * std::size_t(std::max(1u, std::thread::hardware_concurrency())) ? cpu_bwd::schedule::fused
                                                                                          : cpu_bwd::schedule::two_pass;
-  if (sched == cpu_bwd::schedule::fused) {
+  const bool fused = sched == cpu_bwd::schedule::fused;
+  // Fused: query operands made once per pair when they cost more than a copy
+  // (rotation, feature map) or fit in a quarter of opt.prep_budget per thread
+  // (8 MiB by default), else per block from q and dO (long contexts: memory
+  // stays at one pair's row state and dq accumulators per thread).
+  const bool keep_q = a.pos.rotates() || A::score_type::maps_features ||
+                      qtiles * R * (dfp + dvp) * sizeof(T) <= opt.prep_budget / 4;
+  tbb::enumerable_thread_specific<cpu_bwd::scratch<T>> scratch([&] {
+    cpu_bwd::scratch<T> s;
+    s.s.resize(R * bk);
+    s.dp.resize(R * bk);
+    s.x.resize(std::max(d, df));
+    s.dphi.resize(df);
+    s.dx.resize(d);
+    if (fused) {
+      const std::size_t qrows = (keep_q ? qtiles : 1) * R;
+      s.qc.resize(qrows * dfp);
+      s.dO.resize(qrows * dvp);
+      s.kp.resize(bk * dfp);
+      s.kt.resize(df * bk);
+      s.vt.resize(dv * bk);
+      s.dk.resize(bk * dfp);
+      s.dv.resize(bk * dvp);
+      for (auto* x : {&s.m, &s.l, &s.f, &s.gD, &s.D}) x->resize(qtiles * R);
+      s.dq.resize(qtiles * R * dfp);
+    }
+    return s;
+  });
+
+  if (fused) {
+    // One task per (batch, kv head) pair: its key tiles in order, each meeting
+    // the pair's query tiles in order; dk, dv of a key tile are finished when
+    // its column is done, dq when every key tile is.
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, pairs, 1), [&](const auto& rg) {
       auto& sc = scratch.local();
       for (std::size_t pr = rg.begin(); pr != rg.end(); ++pr) {
-        for (std::size_t qt = 0; qt < qtiles; ++qt)
-          pl.tile_rows(pr, qt, pl.task_kv.data() + (pr * qtiles + qt) * kv_stride);
-        for (std::size_t kt_ = 0; kt_ < ktiles; ++kt_) {
-          const std::size_t t = pr * ktiles + kt_;
-          double* tb = pl.nbias ? pl.task_bias.data() + t * pl.nbias : nullptr;
-          for (std::size_t qt = 0; qt < qtiles; ++qt) pl.template block<true, true>(sc, pr, qt, kt_, tb);
+        auto qs = [&](std::size_t qt) {
+          const std::size_t o = keep_q ? qt * R : 0;
+          return cpu_bwd::qside<T>{sc.qc.data() + o * dfp, sc.dO.data() + o * dvp, sc.m.data() + qt * R,
+                                   sc.l.data() + qt * R,     sc.f.data() + qt * R,    sc.gD.data() + qt * R,
+                                   sc.D.data() + qt * R,     sc.dq.data() + qt * R * dfp};
+        };
+        for (std::size_t qt = 0; qt < qtiles; ++qt) {
+          const auto t = qs(qt);
+          pl.prep_state(pr, qt, sc.m.data() + qt * R, sc.l.data() + qt * R, sc.f.data() + qt * R,
+                        sc.gD.data() + qt * R, sc.D.data() + qt * R);
+          pl.prep_operands(pr, qt, const_cast<T*>(t.Q), const_cast<T*>(t.G), sc.x.data());
+          std::fill(t.dq, t.dq + R * dfp, T(0));
+          if constexpr (kv_sums) pl.tile_kv(t, pr, qt, pl.task_kv.data() + (pr * qtiles + qt) * kv_stride);
         }
+        const cpu_bwd::kside<T> kt{sc.kp.data(), sc.kt.data(), sc.vt.data(), bk, sc.dk.data(), sc.dv.data()};
+        for (std::size_t kt_ = 0; kt_ < ktiles; ++kt_) {
+          pl.prep_keys(pr, kt_, sc.kp.data(), sc.kt.data(), sc.vt.data(), bk, sc.x.data());
+          std::fill(sc.dk.begin(), sc.dk.end(), T(0));
+          std::fill(sc.dv.begin(), sc.dv.end(), T(0));
+          double* tb = pl.nbias ? pl.task_bias.data() + (pr * ktiles + kt_) * pl.nbias : nullptr;
+          for (std::size_t qt = 0; qt < qtiles; ++qt) {
+            if (pl.skipped(pr, qt, kt_)) continue;
+            const auto t = qs(qt);
+            if (!keep_q) pl.prep_operands(pr, qt, const_cast<T*>(t.Q), const_cast<T*>(t.G), sc.x.data());
+            pl.template block<true, true>(sc, t, kt, pr, qt, kt_, tb);
+          }
+          pl.finish_k(pr, kt_, sc.dk.data(), sc.dv.data(), sc);
+        }
+        for (std::size_t qt = 0; qt < qtiles; ++qt) pl.finish_q(pr, qt, sc.dq.data() + qt * R * dfp, sc);
       }
     });
   } else {
+    // Two passes over all pairs' tiles (few pairs): operands made once.
+    cpu_bwd::avec<T> qc(rows * dfp), dO(rows * dvp), m(rows), l(rows), f(rows), gD(rows), D(rows), dqa(rows * dfp);
+    cpu_bwd::avec<T> kp(pairs * tkp * dfp), ktr(pairs * df * tkp), vt(pairs * dv * tkp), dka(pairs * tkp * dfp),
+        dva(pairs * tkp * dvp);
+    auto qs = [&](std::size_t pr, std::size_t qt) {
+      const std::size_t o = (pr * qtiles + qt) * R;
+      return cpu_bwd::qside<T>{qc.data() + o * dfp, dO.data() + o * dvp, m.data() + o, l.data() + o,
+                               f.data() + o,        gD.data() + o,        D.data() + o, dqa.data() + o * dfp};
+    };
+    auto ks = [&](std::size_t pr, std::size_t kt_) {
+      const std::size_t j0 = kt_ * bk;
+      return cpu_bwd::kside<T>{kp.data() + (pr * tkp + j0) * dfp, ktr.data() + pr * df * tkp + j0,
+                               vt.data() + pr * dv * tkp + j0,     tkp,
+                               dka.data() + (pr * tkp + j0) * dfp, dva.data() + (pr * tkp + j0) * dvp};
+    };
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, pairs * (qtiles + ktiles), 1), [&](const auto& rg) {
+      auto& sc = scratch.local();
+      for (std::size_t t = rg.begin(); t != rg.end(); ++t) {
+        if (t < pairs * qtiles) {
+          const std::size_t pr = t / qtiles, qt = t % qtiles;
+          const auto s = qs(pr, qt);
+          pl.prep_state(pr, qt, const_cast<T*>(s.m), const_cast<T*>(s.l), const_cast<T*>(s.f),
+                        const_cast<T*>(s.gD), const_cast<T*>(s.D));
+          pl.prep_operands(pr, qt, const_cast<T*>(s.Q), const_cast<T*>(s.G), sc.x.data());
+        } else {
+          const std::size_t u = t - pairs * qtiles, pr = u / ktiles, kt_ = u % ktiles;
+          const auto s = ks(pr, kt_);
+          pl.prep_keys(pr, kt_, const_cast<T*>(s.kp), const_cast<T*>(s.kt), const_cast<T*>(s.vt), tkp,
+                       sc.x.data());
+        }
+      }
+    });
     // dk, dv: one task per key tile.
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, pairs * ktiles, 1), [&](const auto& rg) {
       auto& sc = scratch.local();
       for (std::size_t t = rg.begin(); t != rg.end(); ++t) {
         const std::size_t pr = t / ktiles, kt_ = t % ktiles;
         double* tb = pl.nbias ? pl.task_bias.data() + t * pl.nbias : nullptr;
-        for (std::size_t qt = 0; qt < qtiles; ++qt) pl.template block<true, false>(sc, pr, qt, kt_, tb);
+        const auto k_ = ks(pr, kt_);
+        for (std::size_t qt = 0; qt < qtiles; ++qt) pl.template block<true, false>(sc, qs(pr, qt), k_, pr, qt, kt_, tb);
+        pl.finish_k(pr, kt_, k_.dk, k_.dv, sc);
       }
     });
     // dq: one task per query tile.
@@ -419,58 +663,19 @@ void backward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<c
       auto& sc = scratch.local();
       for (std::size_t t = rg.begin(); t != rg.end(); ++t) {
         const std::size_t pr = t / qtiles, qt = t % qtiles;
-        pl.tile_rows(pr, qt, pl.task_kv.data() + t * kv_stride);
-        for (std::size_t kt_ = 0; kt_ < ktiles; ++kt_) pl.template block<false, true>(sc, pr, qt, kt_, nullptr);
+        const auto q_ = qs(pr, qt);
+        if constexpr (kv_sums) pl.tile_kv(q_, pr, qt, pl.task_kv.data() + t * kv_stride);
+        for (std::size_t kt_ = 0; kt_ < ktiles; ++kt_) pl.template block<false, true>(sc, q_, ks(pr, kt_), pr, qt, kt_, nullptr);
+        pl.finish_q(pr, qt, q_.dq, sc);
       }
     });
   }
-
-  // Back through the feature map and the rotation, row by row. Map weight
-  // gradients: one sum per fixed chunk of rows, added in chunk order.
-  const std::size_t np = a.score.param_count(d);
-  const std::size_t qrows = rows_total, krows = pairs * p.tk, chunk = 256;
-  const std::size_t qchunks = (qrows + chunk - 1) / chunk, kchunks = (krows + chunk - 1) / chunk;
-  std::vector<double> chunk_params(np ? (qchunks + kchunks + 1) * np : 0, 0.0);
-  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, qchunks + kchunks, 1), [&](const auto& rg) {
-    std::vector<T> x(std::max(d, df)), dphi(df), dx(d);
-    for (std::size_t ch = rg.begin(); ch != rg.end(); ++ch) {
-      double* dparams = np ? chunk_params.data() + ch * np : nullptr;
-      const bool is_q = ch < qchunks;
-      const std::size_t n0 = (is_q ? ch : ch - qchunks) * chunk, n1 = std::min(n0 + chunk, is_q ? qrows : krows);
-      for (std::size_t n = n0; n < n1; ++n) {
-        if (is_q) {  // n: a (batch, head, position) row of q
-          const std::size_t b = n / (p.heads * p.tq), h = (n / p.tq) % p.heads, i = n % p.tq;
-          const std::size_t hk = h / group, pr = b * p.kv_heads + hk, qt = i / ni;
-          const std::size_t row = pl.row0(pr, qt) + (i - qt * ni) * group + h % group;
-          const T* src = q.row(b, h, i);
-          std::copy(src, src + d, x.begin());
-          const std::ptrdiff_t qp = mask::detail::qpos(i, p.tq, p.tk);
-          a.pos.apply(x.data(), d, qp, 1);
-          for (std::size_t e = 0; e < df; ++e) dphi[e] = pl.dqa[row * df + e] * pl.c;
-          a.score.map_backward(x.data(), dphi.data(), dx.data(), d, dparams);
-          a.pos.apply(dx.data(), d, qp, -1);
-          std::copy(dx.begin(), dx.end(), g.dq.row(b, h, i));
-        } else {  // n: a (batch, kv head, position) row of k and v
-          const std::size_t pr = n / p.tk, j = n % p.tk, b = pr / p.kv_heads, hk = pr % p.kv_heads;
-          const T* src = k.row(b, hk, j);
-          std::copy(src, src + d, x.begin());
-          a.pos.apply(x.data(), d, std::ptrdiff_t(j), 1);
-          const T* dphik = pl.dka.data() + (pr * tkp + j) * df;
-          a.score.map_backward(x.data(), dphik, dx.data(), d, dparams);
-          a.pos.apply(dx.data(), d, std::ptrdiff_t(j), -1);
-          std::copy(dx.begin(), dx.end(), g.dk.row(b, hk, j));
-          const T* dvr = pl.dva.data() + (pr * tkp + j) * dv;
-          std::copy(dvr, dvr + dv, g.dv.row(b, hk, j));
-        }
-      }
-    }
-  });
 
   // Parameter sums, in task order.
   if constexpr (P::has_kv) {
     std::vector<double> dks(df), dvs(dv);
     std::vector<T> x(d), dphi(df), dx(d);
-    double* dparams = np ? chunk_params.data() + (qchunks + kchunks) * np : nullptr;
+    double* dparams = np ? pl.chunk_params.data() + pairs * (qtiles + ktiles) * np : nullptr;
     for (std::size_t hk = 0; hk < p.kv_heads; ++hk) {
       std::fill(dks.begin(), dks.end(), 0.0);
       std::fill(dvs.begin(), dvs.end(), 0.0);
@@ -506,9 +711,10 @@ void backward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<c
     }
   }
   if (g.params.score) {
+    const std::size_t nchunks = pairs * (qtiles + ktiles) + 1;
     for (std::size_t e = 0; e < np; ++e) {
       double acc = 0;
-      for (std::size_t ch = 0; ch < qchunks + kchunks + 1; ++ch) acc += chunk_params[ch * np + e];
+      for (std::size_t ch = 0; ch < nchunks; ++ch) acc += pl.chunk_params[ch * np + e];
       g.params.score[e] = T(acc);
     }
   }
