@@ -166,10 +166,10 @@ backend::cpu bench_backend() {
 }
 
 template <class V>
-void BM_forward(benchmark::State& state, mask::dynamic m) {
+void BM_forward(benchmark::State& state, mask::dynamic m, std::size_t heads = 8) {
   thread_cap();
   const std::size_t t = std::size_t(state.range(0)), d = std::size_t(state.range(1));
-  operands x(8, 8, t, t, d);
+  operands x(heads, heads, t, t, d);
   const auto a = variants::make<V>(x.settings(m));
   const backend::cpu be = bench_backend();
   forward(be, a, x.Q(), x.K(), x.V(), x.O());  // warm: threads, pages
@@ -322,6 +322,11 @@ void BM_memory_T32768(benchmark::State& state) {
   register_variant<variants::softmax>("softmax", false, false, {kind::window, 256}, "sliding_window_256");
   register_variant<variants::kv_bias>("kv_bias", true, true);
   register_variant<variants::kernel_elu1>("kernel_elu1", true, true);
+  // The trainer's attention shape (B=32, H=4, T=256, d=32, causal) as B=1, H=128:
+  // the same (batch, head) pairs and tiles for the backend.
+  benchmark::RegisterBenchmark("forward/softmax/causal/trainer_BH128", [](benchmark::State& s) {
+    BM_forward<variants::softmax>(s, {kind::causal, 0}, 128);
+  })->ArgNames({"T", "d"})->Args({256, 32})->UseRealTime()->Unit(benchmark::kMillisecond);
 #ifdef ATTNSINK_BENCH_XTENSOR_BLAS
   {
     auto* b = benchmark::RegisterBenchmark("naive_xtensor/softmax/full", BM_naive_xtensor);

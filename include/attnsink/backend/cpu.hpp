@@ -146,7 +146,61 @@ inline void gemm(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std
   }
 }
 
+// The forward's tile product: gemm's contract, but with MR rows per block
+// when few row vectors are active (the segments at causal diagonals and
+// window edges): on 32-register targets 8 rows keep 8 to 24 accumulators in
+// flight where gemm's 6 would leave 6 to 18 (fewer than the FMA pipes hold).
+// Each result is the same FMA chain in ascending k as gemm's.
+template <std::size_t MR, std::size_t V, bool Add, class T, class E>
+inline void gemm_rows(std::size_t m, const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb,
+                      std::size_t K, T* c, std::size_t ldc, const E& epi) {
+  std::size_t i = 0;
+  for (; i + MR <= m; i += MR) block<MR, V, Add>(a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
+  if (i < m) block_tail<MR - 1, V, Add>(m - i, a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
+}
+
+template <bool Add, class T, class E = no_epilogue>
+inline void gemm_fwd(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std::size_t aks, const T* b,
+                     std::size_t ldb, std::size_t K, T* c, std::size_t ldc, const E& epi = {}) {
+  if constexpr (blocking<T>::MR == 6) {
+    switch (nv) {
+      case 1: return gemm_rows<8, 1, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi);
+      case 2: return gemm_rows<8, 2, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi);
+      case 3: return gemm_rows<8, 3, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi);
+      default: break;
+    }
+  }
+  gemm<Add>(m, nv, a, ais, aks, b, ldb, K, c, ldc, epi);
+}
+
 // --- vector forms of the elementwise policies (a scalar per-lane loop covers the rest)
+
+// e^x lane-wise. On AVX-512 float: Cody-Waite reduction x = n ln2 + r, Cephes'
+// degree-7 polynomial for e^r (within 2 ulp on |r| <= ln2/2), and scalef for
+// 2^n, which saturates to 0 and +inf by itself; about half the instructions of
+// xsimd::exp. x is clamped below at -104 (e^-104 is 0 in float) so that -inf
+// gives 0; +inf and NaN give NaN (callers mask such lanes). Elsewhere: xsimd::exp.
+template <class T>
+inline simd<T> fast_exp(const simd<T>& x) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && simd<T>::size == 16) {
+    const __m512 v = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+  }
+#endif
+  return xsimd::exp(x);
+}
 
 template <class F>
 inline constexpr bool vec_fn =
@@ -171,6 +225,19 @@ inline simd<T> apply_fn(const simd<T>& x) {
     return r * xsimd::fnma(y, r, simd<T>(T(2)));
   } else {
     return simd<T>(T(1)) / (simd<T>(T(1)) + xsimd::exp(-x));
+  }
+}
+
+// σ(x + b) for the forward's sigmoid normalization: apply_fn<fn::sigmoid>'s
+// formula (reciprocal estimate and one Newton step) on fast_exp.
+template <class T>
+inline simd<T> sigmoid_fast(const simd<T>& x, T b) {
+  if constexpr (std::is_same_v<T, float>) {
+    const simd<T> y = simd<T>(T(1)) + fast_exp<T>(xsimd::min(simd<T>(-b) - x, simd<T>(T(80))));
+    const simd<T> r = xsimd::reciprocal(y);
+    return r * xsimd::fnma(y, r, simd<T>(T(2)));
+  } else {
+    return apply_fn<fn::sigmoid, T>(x + simd<T>(b));
   }
 }
 
@@ -203,9 +270,9 @@ inline constexpr bool vec_norm =
 template <class N, class T>
 inline void norm_vec(const N& n, const simd<T>& s, const simd<T>& m, simd<T>& w, simd<T>& ms) {
   if constexpr (std::is_base_of_v<norm::exp_family, N>) {
-    w = ms = xsimd::exp(s - m);
+    w = ms = fast_exp<T>(s - m);
   } else if constexpr (std::is_same_v<N, norm::sigmoid>) {
-    w = apply_fn<fn::sigmoid, T>(s + simd<T>(T(n.bias)));
+    w = sigmoid_fast<T>(s, T(n.bias));
   } else if constexpr (std::is_same_v<N, norm::elu_plus_one>) {
     w = apply_fn<fn::elu_plus_one, T>(s);
   } else if constexpr (std::is_same_v<N, norm::identity>) {
@@ -531,9 +598,9 @@ struct kernel {
             norm_vec(a.norm, x, x, w, unused);
             return w;
           };
-          gemm<false>(sg.hi - sg.lo, sg.g1 - sg.g0, kin, kstride, 1, qt + sg.g0 * W, R, df, sout, R, weigh);
+          gemm_fwd<false>(sg.hi - sg.lo, sg.g1 - sg.g0, kin, kstride, 1, qt + sg.g0 * W, R, df, sout, R, weigh);
         } else {
-          gemm<false>(sg.hi - sg.lo, sg.g1 - sg.g0, kin, kstride, 1, qt + sg.g0 * W, R, df, sout, R);
+          gemm_fwd<false>(sg.hi - sg.lo, sg.g1 - sg.g0, kin, kstride, 1, qt + sg.g0 * W, R, df, sout, R);
         }
       }
       for (std::size_t g = 0; g < nvc; ++g) {
@@ -542,7 +609,7 @@ struct kernel {
       }
       for (std::size_t u = 0; u < ns; ++u) {
         const segment& sg = seg[u];
-        gemm<true>(dv, sg.g1 - sg.g0, v.row(b, hk, sg.lo), 1, v.stride_t, st + (sg.lo - j0) * R + sg.g0 * W, R,
+        gemm_fwd<true>(dv, sg.g1 - sg.g0, v.row(b, hk, sg.lo), 1, v.stride_t, st + (sg.lo - j0) * R + sg.g0 * W, R,
                    sg.hi - sg.lo, ot + sg.g0 * W, R);
       }
     }
@@ -603,7 +670,8 @@ struct kernel {
       const V mn = xsimd::max(m, mx);
       // both -inf (nothing seen yet): keep the factor 1 rather than NaN
       const V f = xsimd::select(mn == ninf, V(T(1)), xsimd::exp(m - mn));
-      if (xsimd::any(f != V(T(1)))) {
+      // rows that have seen nothing yet (m = -inf) hold no output to rescale
+      if (xsimd::any(f != V(T(1))) && !xsimd::all(m == ninf)) {
         l *= f;
         T* oc = sc.ot.data() + o;
         for (std::size_t e = 0; e < dv; ++e) (V::load_aligned(oc + e * R) * f).store_aligned(oc + e * R);
