@@ -30,6 +30,29 @@ TEST_CASE("kokkos forward with small tiles matches the reference", "[forward][ko
   }
 }
 
+TEST_CASE("kokkos forward: a sink logit (or the off-by-one term) beside the key/value bias", "[forward][kokkos]") {
+  // The bias key can raise the row's running max above the sink logit it
+  // starts from; the sink's mass must then be rescaled (a regression test).
+  const backend::kokkos<space> small{space{}, 3, 8};
+  const std::vector<double> sink = test::random_vector(4, 930, 1.5), ks = test::random_vector(12, 931, 1.5),
+                            vs = test::random_vector(12, 932, 1.0);
+  for (std::size_t t : {6u, 37u}) {
+    const test::operands p(2, 4, 1, t, t, 12, 12, 940 + t);
+    const bias::kv_bias kv{param_ref(ks.data(), ks.size()), param_ref(vs.data(), vs.size())};
+    for (const auto& m : test::masks_for(t)) {
+      INFO("tokens " << t << " mask kind " << int(m.which) << ":" << m.param);
+      test::expect_matches_reference(
+          small,
+          attention<score::scaled_dot, norm::sink_logit, bias::kv_bias, pos::rope, mask::dynamic>{
+              {}, {{}, param_ref(sink.data(), 4)}, kv, {}, m},
+          p);
+      test::expect_matches_reference(
+          small, attention<score::scaled_dot, norm::softmax_off_by_one, bias::kv_bias, pos::nope, mask::dynamic>{{}, {}, kv, {}, m},
+          p);
+    }
+  }
+}
+
 TEST_CASE("kokkos forward reads strided operands and writes only out's rows", "[forward][kokkos]") {
   // q, k, v and out are views into buffers with room between rows and heads
   // (a KV cache of capacity 40 holding 29 tokens): the gaps must stay untouched.

@@ -201,7 +201,11 @@ struct forward_kernel {
         for (int e = 0; e < Cap; ++e)
           if (std::size_t(e) < g.df) s += qr[e] * x[e];
         s = a.score.post(s);
-        if constexpr (norm_t::tracks_max) m = math::max(m, s);
+        if constexpr (norm_t::tracks_max) {  // a sink logit or the off-by-one term may already sit in l
+          const T mn = math::max(m, s);
+          l *= kokkos_compat::exp(m - mn);
+          m = mn;
+        }
         const T w = a.norm.weight(s, m);
         if constexpr (norm_t::has_denominator) l += a.norm.mass(s, m);
         ATTNSINK_UNROLL
