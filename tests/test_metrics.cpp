@@ -19,57 +19,29 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "forward_cases.hpp"
+#include "metrics_cases.hpp"
 
 using namespace attnsink;
 namespace M = attnsink::metrics;
 
 namespace {
 
-// The reference backend's weights of `a` over p (double), and the α they give.
-template <class A>
-M::alpha_map reference_alphas(const A& a, const test::operands& p, const M::options& opt,
-                              std::vector<double>* probs_out = nullptr) {
-  constexpr bool kv = A::bias_type::has_kv;
-  std::vector<double> probs(p.batch * p.heads * p.tq * (p.tk + kv));
-  test::poison(probs);
-  test::result<double> ref(p);
-  forward(backend::reference{}, a, p.Q<double>(), p.K<double>(), p.V<double>(), ref.O(p), ref.stats(),
-          probs_view<double>{probs.data()});
-  REQUIRE(test::all_finite(probs));
-  if (probs_out) *probs_out = probs;
-  return M::alphas(a, M::weights_view<double>{probs.data(), p.batch, p.heads, p.tq, kv}, opt);
-}
-
 // The cpu backend's row state for `a` over p in T, and the α streamed from it.
+struct cpu_route {
+  template <class T, class A>
+  static M::alpha_map alphas(const A& a, const test::operands& p, const M::options& opt) {
+    test::result<T> got(p);
+    forward(backend::cpu{}, a, p.Q<T>(), p.K<T>(), p.V<T>(), got.O(p), got.stats());
+    REQUIRE(test::all_finite(got.l));
+    return M::alphas_streamed(backend::cpu{}, a, p.Q<T>(), p.K<T>(), got.stats(), opt);
+  }
+};
 template <class T, class A>
 M::alpha_map streamed_alphas(const A& a, const test::operands& p, const M::options& opt) {
-  test::result<T> got(p);
-  forward(backend::cpu{}, a, p.Q<T>(), p.K<T>(), p.V<T>(), got.O(p), got.stats());
-  REQUIRE(test::all_finite(got.l));
-  return M::alphas_streamed(backend::cpu{}, a, p.Q<T>(), p.K<T>(), got.stats(), opt);
+  return cpu_route::alphas<T>(a, p, opt);
 }
-
-// |got - want| <= rel·|want| + abs for every α (and α_*), and the same layout.
-void expect_close(const M::alpha_map& got, const M::alpha_map& want, double rel, double abs = 1e-15) {
-  REQUIRE(got.samples == want.samples);
-  REQUIRE(got.heads == want.heads);
-  REQUIRE(got.has_bias() == want.has_bias());
-  REQUIRE(got.weights == want.weights);
-  double worst = 0;
-  std::size_t bad = 0;
-  auto cmp = [&](const std::vector<double>& g, const std::vector<double>& w) {
-    for (std::size_t i = 0; i < w.size(); ++i) {
-      const double err = std::abs(g[i] - w[i]);
-      worst = std::max(worst, err / std::max(std::abs(w[i]), 1e-300));
-      bad += !(err <= rel * std::abs(w[i]) + abs) || !std::isfinite(g[i]);
-    }
-  };
-  cmp(got.alpha, want.alpha);
-  cmp(got.alpha_bias, want.alpha_bias);
-  INFO("worst relative difference " << worst);
-  CHECK(bad == 0);
-}
+using test::expect_close;
+using test::reference_alphas;
 
 // Fills q (1 sample, `heads`, T, d) and k so that every key j >= 1 is the same
 // vector per head: every score in a row is equal, so softmax is uniform.
@@ -215,50 +187,13 @@ TEST_CASE("proxies follow the variant's traits", "[metrics]") {
   CHECK(M::apply_proxy(M::proxy::absolute, 0.0, 0.0) == 0.0);
 }
 
-// Every named variant × every mask × RoPE off/on, two shapes (one grouped-query,
-// one with odd head_dim), k = 1 and a later k: the α streamed from the cpu
-// backend's double row state equals the α of the reference's weights.
+// Every named variant × every mask × RoPE off/on (metrics_cases.hpp).
 TEMPLATE_LIST_TEST_CASE("streamed alpha equals alpha of the materialized weights", "[metrics][routes]", variants::all) {
-  using V = TestType;
-  const test::shape shapes[] = {{2, 4, 2, 37, 37, 16, 16}, {1, 3, 1, 50, 50, 17, 9}};
-  std::uint64_t seed = 4000;
-  for (const test::shape& s : shapes)
-    for (const mask::dynamic& m : test::masks_for(s.tk))
-      for (int rope = 0; rope < 2; ++rope) {
-        if (rope && s.dim % 2) continue;
-        ++seed;
-        const test::operands p(s.batch, s.heads, s.kv_heads, s.tq, s.tk, s.dim, s.vdim, seed);
-        const test::variant_params vp(s, seed);
-        variants::settings st = vp.settings();
-        st.mask = m;
-        st.rope.enabled = rope != 0;
-        st.vstar = param_ref(vp.vstar.data(), s.kv_heads * s.vdim);
-        const auto a = variants::make<V>(st);
-        for (std::size_t k : {std::size_t(1), s.tk / 3}) {
-          M::options opt;
-          opt.k = k;
-          INFO(V::name << " " << test::describe(s, m, rope) << " k=" << k);
-          expect_close(streamed_alphas<double>(a, p, opt), reference_alphas(a, p, opt), 1e-6);
-        }
-      }
+  test::streamed_alpha_matches_reference<TestType, cpu_route>(4000);
 }
 
 TEST_CASE("alpha streamed from float32 row state is close to the double reference", "[metrics][routes]") {
-  const test::shape s{2, 4, 2, 64, 64, 32, 32};
-  const test::operands p(s.batch, s.heads, s.kv_heads, s.tq, s.tk, s.dim, s.vdim, 77);
-  const test::variant_params vp(s, 77);
-  const M::options opt;
-  auto check = [&](auto v) {
-    using V = decltype(v);
-    INFO(V::name);
-    const auto a = variants::make<V>(vp.settings());
-    expect_close(streamed_alphas<float>(a, p, opt), reference_alphas(a, p, opt), 2e-5, 1e-9);
-  };
-  check(variants::softmax{});
-  check(variants::sigmoid{});
-  check(variants::kv_bias{});
-  check(variants::softpick{});
-  check(variants::kernel_identity_abs_clamped{});
+  test::float_streamed_alpha_is_close<cpu_route>(77);
 }
 
 TEST_CASE("column_alpha reduces under tbb::parallel_reduce to the serial answer", "[metrics][tbb]") {
