@@ -233,6 +233,28 @@ inline simd<T> apply_fn(const simd<T>& x) {
 template <class T>
 inline simd<T> sigmoid_fast(const simd<T>& x, T b) {
   if constexpr (std::is_same_v<T, float>) {
+#if defined(__AVX512F__)
+    if constexpr (simd<T>::size == 16) {
+      // e^{-(x+b)} = 2^t, t = -(x + b)·log2(e) clamped to [-150, 115]: 2^t is
+      // then a normal or zero float and 1 + 2^t finite; t = n + f with n an
+      // integer and |f| <= 1/2; 2^f by its degree-6 Taylor polynomial
+      // (relative error below 2e-7), 2^n by scalef.
+      const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
+      __m512 t = _mm512_fnmsub_ps(x, l2e, _mm512_set1_ps(b * 1.44269504088896341f));
+      t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-150.0f)), _mm512_set1_ps(115.0f));
+      const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 f = _mm512_sub_ps(t, n);
+      __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.5403530393381609e-4f), f, _mm512_set1_ps(1.3333558146428443e-3f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+      const __m512 y = _mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.0f));
+      const __m512 r = _mm512_rcp14_ps(y);
+      return _mm512_mul_ps(r, _mm512_fnmadd_ps(y, r, _mm512_set1_ps(2.0f)));
+    }
+#endif
     const simd<T> y = simd<T>(T(1)) + fast_exp<T>(xsimd::min(simd<T>(-b) - x, simd<T>(T(80))));
     const simd<T> r = xsimd::reciprocal(y);
     return r * xsimd::fnma(y, r, simd<T>(T(2)));
@@ -461,8 +483,11 @@ struct kernel {
   // Weights that need no row state (sigmoid, elu+1, identity) are formed in
   // the score block's registers as it is stored, saving a pass over Sᵀ;
   // normalize() then only zeroes masked lanes.
+  // The sigmoid is not fused: its exponential and reciprocal need a dozen
+  // constants, which beside a block's 24 accumulators spill registers; its own
+  // pass over Sᵀ keeps them in registers and runs faster.
   static constexpr bool fused = vec_norm<norm_t> && !norm_t::tracks_max && !norm_t::has_denominator &&
-                                !score_t::has_post && !bias_t::additive;
+                                !score_t::has_post && !bias_t::additive && !std::is_same_v<norm_t, norm::sigmoid>;
   static constexpr std::size_t W = simd<T>::size;
 
   const A& a;
@@ -661,12 +686,23 @@ struct kernel {
     V m = V::load_aligned(sc.m.data() + o), l = V::load_aligned(sc.l.data() + o);
     if constexpr (norm_t::tracks_max) {
       const V ninf(math::neg_inf<T>());
-      V mx = ninf;
-      for (std::size_t j = ja; j < jb; ++j) {
+      // four independent chains: one max per key would wait on the last
+      V mx = ninf, mx1 = ninf, mx2 = ninf, mx3 = ninf;
+      std::size_t j = ja;
+      if (jb - ja >= 4 && !masked(ja) && !masked(jb - 1))  // masks are monotone: no key between is masked
+        for (; j + 4 <= jb; j += 4) {
+          const T* sj = s0 + (j - j0) * R;
+          mx = xsimd::max(mx, V::load_aligned(sj));
+          mx1 = xsimd::max(mx1, V::load_aligned(sj + R));
+          mx2 = xsimd::max(mx2, V::load_aligned(sj + 2 * R));
+          mx3 = xsimd::max(mx3, V::load_aligned(sj + 3 * R));
+        }
+      for (; j < jb; ++j) {
         V s = V::load_aligned(s0 + (j - j0) * R);
         if (masked(j)) s = xsimd::select(visible(j), s, ninf);
         mx = xsimd::max(mx, s);
       }
+      mx = xsimd::max(xsimd::max(mx, mx1), xsimd::max(mx2, mx3));
       const V mn = xsimd::max(m, mx);
       // both -inf (nothing seen yet): keep the factor 1 rather than NaN
       const V f = xsimd::select(mn == ninf, V(T(1)), xsimd::exp(m - mn));
