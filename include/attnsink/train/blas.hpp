@@ -42,33 +42,42 @@ void for_chunks(std::size_t n, std::size_t chunk, F&& f) {
   tbb::parallel_for(std::size_t(0), parts, [&](std::size_t p) { f(p * chunk, std::min(n, (p + 1) * chunk)); });
 }
 
+// What runs on a block of rows [r0, r1) right after its product, while the
+// rows are still in cache (an activation, a norm); none by default.
+struct no_epilogue {
+  void operator()(std::size_t, std::size_t) const {}
+};
+
 // y (n×out, row stride ldy) = x (n×in, row stride ldx) · W (in×out) + beta · y,
-// or, when `add` (n×out, row stride ldy) is given, add + x · W.
-template <class T>
+// or, when `add` (n×out, row stride ldy) is given, add + x · W; then epi(r0, r1).
+template <class T, class Epi = no_epilogue>
 void matmul(const T* x, std::size_t ldx, const T* w, T* y, std::size_t ldy, std::size_t n, std::size_t in,
-            std::size_t out, T beta = T(0), const T* add = nullptr) {
+            std::size_t out, T beta = T(0), const T* add = nullptr, Epi&& epi = {}) {
   for_chunks(n, row_block, [&](std::size_t r0, std::size_t r1) {
     if (add) std::copy(add + r0 * ldy, add + r1 * ldy, y + r0 * ldy);
     gemm(false, false, r1 - r0, out, in, T(1), x + r0 * ldx, ldx, w, out, add ? T(1) : beta, y + r0 * ldy, ldy);
+    epi(r0, r1);
   });
 }
-template <class T>
+template <class T, class Epi = no_epilogue>
 void matmul(const T* x, const T* w, T* y, std::size_t n, std::size_t in, std::size_t out, T beta = T(0),
-            const T* add = nullptr) {
-  matmul(x, in, w, y, out, n, in, out, beta, add);
+            const T* add = nullptr, Epi&& epi = {}) {
+  matmul(x, in, w, y, out, n, in, out, beta, add, epi);
 }
 
-// dx (n×in) = dy (n×out, row stride ldy) · Wᵀ + beta · dx, W (in×out)
-template <class T>
+// dx (n×in) = dy (n×out, row stride ldy) · Wᵀ + beta · dx, W (in×out); then epi(r0, r1)
+template <class T, class Epi = no_epilogue>
 void matmul_dx(const T* dy, std::size_t ldy, const T* w, T* dx, std::size_t n, std::size_t in, std::size_t out,
-               T beta) {
+               T beta, Epi&& epi = {}) {
   for_chunks(n, row_block, [&](std::size_t r0, std::size_t r1) {
     gemm(false, true, r1 - r0, in, out, T(1), dy + r0 * ldy, ldy, w, out, beta, dx + r0 * in, in);
+    epi(r0, r1);
   });
 }
-template <class T>
-void matmul_dx(const T* dy, const T* w, T* dx, std::size_t n, std::size_t in, std::size_t out, T beta) {
-  matmul_dx(dy, out, w, dx, n, in, out, beta);
+template <class T, class Epi = no_epilogue>
+void matmul_dx(const T* dy, const T* w, T* dx, std::size_t n, std::size_t in, std::size_t out, T beta,
+               Epi&& epi = {}) {
+  matmul_dx(dy, out, w, dx, n, in, out, beta, epi);
 }
 
 // Where the columns of a weight gradient go: `cols` columns into dst (row stride cols).

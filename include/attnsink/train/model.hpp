@@ -496,33 +496,80 @@ class model {
     }
   }
 
-  // y = x · rstd · g, rstd = 1/sqrt(mean(x²) + eps)
-  void rmsnorm(const T* x, const T* g, T* y, T* rstd, std::size_t N) const {
+  // y = x · rstd · g, rstd = 1/sqrt(mean(x²) + eps), rows [r0, r1) or all N
+  void rmsnorm_rows(const T* x, const T* g, T* y, T* rstd, std::size_t r0, std::size_t r1) const {
     const std::size_t d = cfg_.d_model;
-    detail::rows(N, [&](std::size_t i) { rstd[i] = detail::rmsnorm_row(x + i * d, g, y + i * d, d, cfg_.norm_eps); });
+    for (std::size_t i = r0; i < r1; ++i) rstd[i] = detail::rmsnorm_row(x + i * d, g, y + i * d, d, cfg_.norm_eps);
   }
-  // dx = rstd (g⊙dy − x̂ · mean(x̂ ⊙ g ⊙ dy)) (+ res), dg += Σ dy ⊙ x̂   (x̂ = x · rstd).
-  // dx may be dy. dg is summed per fixed chunk of rows, then over chunks in order.
+  void rmsnorm(const T* x, const T* g, T* y, T* rstd, std::size_t N) const {
+    for_chunks(N, row_block, [&](std::size_t r0, std::size_t r1) { rmsnorm_rows(x, g, y, rstd, r0, r1); });
+  }
+  // RMSNorm's backward: dx = rstd (g⊙dy − x̂ · mean(x̂ ⊙ g ⊙ dy)) (+ res), dg += Σ dy ⊙ x̂
+  // (x̂ = x · rstd); dx may be dy. Rows run in blocks of row_block (alone, or as
+  // a product's epilogue); each block sums its rows' dg into its own slot, and
+  // norm_dg_end() adds the slots in block order: no dependence on threads.
+  void rmsnorm_backward_rows(const T* x, const T* g, const T* rstd, const T* dy, T* dx, const T* res,
+                             std::size_t r0, std::size_t r1) {
+    const std::size_t d = cfg_.d_model;
+    T* pg = dg_scratch_.data() + (r0 / row_block) * d;
+    std::fill_n(pg, d, T(0));
+    for (std::size_t i = r0; i < r1; ++i)
+      detail::rmsnorm_backward_row(x + i * d, g, rstd[i], dy + i * d, dx + i * d, res ? res + i * d : nullptr, pg, d);
+  }
+  std::size_t norm_blocks(std::size_t N) const { return std::max<std::size_t>(1, (N + row_block - 1) / row_block); }
+  void norm_dg_begin(std::size_t N) {
+    if (dg_scratch_.size() < norm_blocks(N) * cfg_.d_model) dg_scratch_.resize(norm_blocks(N) * cfg_.d_model);
+  }
+  void norm_dg_end(T* dg, std::size_t N) const {
+    const std::size_t d = cfg_.d_model;
+    for (std::size_t b = 0; b < norm_blocks(N); ++b)
+      for (std::size_t c = 0; c < d; ++c) dg[c] += dg_scratch_[b * d + c];
+  }
   void rmsnorm_backward(const T* x, const T* g, const T* rstd, const T* dy, T* dx, const T* res, T* dg,
                         std::size_t N) {
-    const std::size_t d = cfg_.d_model, chunk = 256, chunks = (N + chunk - 1) / chunk;
-    if (dg_scratch_.size() < chunks * d) dg_scratch_.resize(chunks * d);
-    std::fill_n(dg_scratch_.begin(), chunks * d, T(0));
-    T* part = dg_scratch_.data();
-    for_chunks(N, chunk, [&](std::size_t r0, std::size_t r1) {
-      T* pg = part + (r0 / chunk) * d;
-      for (std::size_t i = r0; i < r1; ++i)
-        detail::rmsnorm_backward_row(x + i * d, g, rstd[i], dy + i * d, dx + i * d, res ? res + i * d : nullptr, pg,
-                                     d);
-    });
-    for (std::size_t ch = 0; ch < chunks; ++ch)
-      for (std::size_t c = 0; c < d; ++c) dg[c] += part[ch * d + c];
+    norm_dg_begin(N);
+    for_chunks(N, row_block, [&](std::size_t r0, std::size_t r1) { rmsnorm_backward_rows(x, g, rstd, dy, dx, res, r0, r1); });
+    norm_dg_end(dg, N);
   }
-  // out = a + b, elementwise over n
-  static void add(const T* a, const T* b, T* out, std::size_t n) {
-    for_chunks(n, 1 << 16, [&](std::size_t i0, std::size_t i1) {
-      for (std::size_t i = i0; i < i1; ++i) out[i] = a[i] + b[i];
-    });
+  // out = a + b over rows [r0, r1) of d
+  void add_rows(const T* a, const T* b, T* out, std::size_t r0, std::size_t r1) const {
+    const std::size_t d = cfg_.d_model;
+    for (std::size_t i = r0 * d; i < r1 * d; ++i) out[i] = a[i] + b[i];
+  }
+  // h = act(u) [⊙ w] over rows [r0, r1); uw holds u | w per row
+  void act_rows(const T* uw, T* h, std::size_t r0, std::size_t r1) const {
+    const std::size_t f = cfg_.ffn, fw = ffn_width();
+    const bool g = gated(cfg_.act), silu = cfg_.act == ffn_act::swiglu || cfg_.act == ffn_act::swish;
+    for (std::size_t i = r0; i < r1; ++i) {
+      const T* u = uw + i * fw;
+      const T* wv = g ? u + f : nullptr;
+      T* hr = h + i * f;
+      if (silu) {
+        detail::silu_forward(u, wv, hr, f);
+        continue;
+      }
+      for (std::size_t c = 0; c < f; ++c) hr[c] = detail::act_value(cfg_.act, u[c]) * (wv ? wv[c] : T(1));
+    }
+  }
+  // du | dw from dh over rows [r0, r1)
+  void act_backward_rows(const T* uw, const T* dh, T* duw, std::size_t r0, std::size_t r1) const {
+    const std::size_t f = cfg_.ffn, fw = ffn_width();
+    const bool g = gated(cfg_.act), silu = cfg_.act == ffn_act::swiglu || cfg_.act == ffn_act::swish;
+    for (std::size_t i = r0; i < r1; ++i) {
+      const T* u = uw + i * fw;
+      const T* wv = g ? u + f : nullptr;
+      const T* dhr = dh + i * f;
+      T* du = duw + i * fw;
+      T* dwr = g ? du + f : nullptr;
+      if (silu) {
+        detail::silu_backward(u, wv, dhr, du, dwr, f);
+        continue;
+      }
+      for (std::size_t c = 0; c < f; ++c) {
+        if (wv) dwr[c] = dhr[c] * detail::act_value(cfg_.act, u[c]);
+        du[c] = dhr[c] * (wv ? wv[c] : T(1)) * detail::act_derivative(cfg_.act, u[c]);
+      }
+    }
   }
 
   void layer_forward(std::size_t l) {
@@ -554,37 +601,30 @@ class model {
       });
       o = og;
     }
-    // x2 = x + o W_o   (post-LN: s1 = x + o W_o kept in b_, x2 = RMSNorm(s1))
+    // x2 = x + o W_o, b = RMSNorm(x2)   (post-LN: s1 = x + o W_o kept in b_, b = x2 = RMSNorm(s1))
+    // (each norm runs on a block of rows as soon as the product has made it)
     T* x2 = x2_[l].data();
     if (pre) {
-      matmul(o, P + L.wo, x2, N, hd, d, T(0), x);
-      rmsnorm(x2, P + L.g2, b_[l].data(), r2_[l].data(), N);
+      matmul(o, P + L.wo, x2, N, hd, d, T(0), x, [&](std::size_t r0, std::size_t r1) {
+        rmsnorm_rows(x2, P + L.g2, b_[l].data(), r2_[l].data(), r0, r1);
+      });
     } else {
-      matmul(o, P + L.wo, b_[l].data(), N, hd, d, T(0), x);
-      rmsnorm(b_[l].data(), P + L.g1, x2, r1_[l].data(), N);
+      matmul(o, P + L.wo, b_[l].data(), N, hd, d, T(0), x, [&](std::size_t r0, std::size_t r1) {
+        rmsnorm_rows(b_[l].data(), P + L.g1, x2, r1_[l].data(), r0, r1);
+      });
     }
     const T* b = pre ? b_[l].data() : x2;
     // FFN: u | w = b (W1 | W3); h = act(u) [⊙ w]; x' = x2 + h W2
     T* uw = uw_[l].data();
-    matmul(b, gated(cfg_.act) ? w13_[l].data() : P + L.w1, uw, N, d, fw);
-    {
-      const bool g = gated(cfg_.act);
-      T* h = h_[l].data();
-      const bool silu = cfg_.act == ffn_act::swiglu || cfg_.act == ffn_act::swish;
-      detail::rows(N, [&](std::size_t i) {
-        const T* u = uw + i * fw;
-        const T* wv = g ? u + f : nullptr;
-        T* hr = h + i * f;
-        if (silu) return detail::silu_forward(u, wv, hr, f);
-        for (std::size_t c = 0; c < f; ++c) hr[c] = detail::act_value(cfg_.act, u[c]) * (wv ? wv[c] : T(1));
-      });
-    }
+    matmul(b, gated(cfg_.act) ? w13_[l].data() : P + L.w1, uw, N, d, fw, T(0), static_cast<const T*>(nullptr),
+           [&](std::size_t r0, std::size_t r1) { act_rows(uw, h_[l].data(), r0, r1); });
     T* xn = x_[l + 1].data();
     if (pre) {
       matmul(h_[l].data(), P + L.w2, xn, N, f, d, T(0), x2);
     } else {  // post-LN: x' = RMSNorm(s2), s2 = x2 + h W2 kept in a_
-      matmul(h_[l].data(), P + L.w2, a_[l].data(), N, f, d, T(0), x2);
-      rmsnorm(a_[l].data(), P + L.g2, xn, r2_[l].data(), N);
+      matmul(h_[l].data(), P + L.w2, a_[l].data(), N, f, d, T(0), x2, [&](std::size_t r0, std::size_t r1) {
+        rmsnorm_rows(a_[l].data(), P + L.g2, xn, r2_[l].data(), r0, r1);
+      });
     }
   }
 
@@ -601,45 +641,30 @@ class model {
     // FFN: dh = dx W2ᵀ, dW2 += hᵀ dx
     const T* b = pre ? b_[l].data() : x2_[l].data();
     matmul_dw(h_[l].data(), dx, G + L.w2, N, f, d, dw_scratch_);
+    // dh = dx W2ᵀ, then du | dw per block of rows
     T* dh = dh_.data();
-    matmul_dx(dx, P + L.w2, dh, N, f, d, T(0));
-    // du | dw
     T* duw = duw_.data();
-    {
-      const T* uw = uw_[l].data();
-      const bool g = gated(cfg_.act);
-      const bool silu = cfg_.act == ffn_act::swiglu || cfg_.act == ffn_act::swish;
-      detail::rows(N, [&](std::size_t i) {
-        const T* u = uw + i * fw;
-        const T* wv = g ? u + f : nullptr;
-        const T* dhr = dh + i * f;
-        T* du = duw + i * fw;
-        T* dwr = g ? du + f : nullptr;
-        if (silu) return detail::silu_backward(u, wv, dhr, du, dwr, f);
-        for (std::size_t c = 0; c < f; ++c) {
-          if (wv) dwr[c] = dhr[c] * detail::act_value(cfg_.act, u[c]);
-          du[c] = dhr[c] * (wv ? wv[c] : T(1)) * detail::act_derivative(cfg_.act, u[c]);
-        }
-      });
-    }
-    // db = (du | dw) (W1 | W3)ᵀ; dW1 += bᵀ du, dW3 += bᵀ dw
+    matmul_dx(dx, P + L.w2, dh, N, f, d, T(0),
+              [&](std::size_t r0, std::size_t r1) { act_backward_rows(uw_[l].data(), dh, duw, r0, r1); });
+    // db = (du | dw) (W1 | W3)ᵀ; dW1 += bᵀ du, dW3 += bᵀ dw; then per block of rows
+    // dx2 = dx (residual) + RMSNorm'(db)   (pre-LN);   post-LN: b = x2 = RMSNorm(s1), ds1 = dx + db
     T* db = tmp_d_.data();
+    T* dx2 = t_d_.data();
+    auto db_rows = [&](std::size_t r0, std::size_t r1) {
+      if (pre) return rmsnorm_backward_rows(x2_[l].data(), P + L.g2, r2_[l].data(), db, dx2, dx, r0, r1);
+      add_rows(db, dx, db, r0, r1);
+      rmsnorm_backward_rows(b_[l].data(), P + L.g1, r1_[l].data(), db, dx2, nullptr, r0, r1);
+    };
+    norm_dg_begin(N);
     if (gated(cfg_.act)) {
       const dw_part<T> parts[2] = {{G + L.w1, f}, {G + L.w3, f}};
       matmul_dw(b, d, duw, fw, N, d, parts, dw_scratch_);
-      matmul_dx(duw, fw, w13_[l].data(), db, N, d, fw, T(0));
+      matmul_dx(duw, fw, w13_[l].data(), db, N, d, fw, T(0), db_rows);
     } else {
       matmul_dw(b, duw, G + L.w1, N, d, f, dw_scratch_);
-      matmul_dx(duw, P + L.w1, db, N, d, f, T(0));
+      matmul_dx(duw, P + L.w1, db, N, d, f, T(0), db_rows);
     }
-    // dx2 = dx (residual) + RMSNorm'(db)   (pre-LN);   post-LN: b = x2 = RMSNorm(s1), ds1 = dx + db
-    T* dx2 = t_d_.data();
-    if (pre) {
-      rmsnorm_backward(x2_[l].data(), P + L.g2, r2_[l].data(), db, dx2, dx, G + L.g2, N);
-    } else {
-      add(db, dx, db, N * d);
-      rmsnorm_backward(b_[l].data(), P + L.g1, r1_[l].data(), db, dx2, nullptr, G + L.g1, N);
-    }
+    norm_dg_end(pre ? G + L.g2 : G + L.g1, N);
     // attention output: do = dx2 W_oᵀ, dW_o += oᵀ dx2
     const T* o_used = cfg_.gate ? og_[l].data() : o_[l].data();
     const T* a = pre ? a_[l].data() : x_[l].data();
@@ -682,14 +707,15 @@ class model {
       attnsink::backward(be_, layer_attention(l), q, k, v, dov, g);
     }
     // da += (dq | dk | dv) (W_q | W_k | W_v)ᵀ; dW_q += aᵀ dq, dW_k += aᵀ dk, dW_v += aᵀ dv
+    // then per block of rows dx_l = dx2 (residual) + RMSNorm'(da)   (pre-LN);   post-LN: a = x, dx_l = dx2 + da
     const dw_part<T> parts[3] = {{G + L.wq, hd}, {G + L.wk, kd}, {G + L.wv, kd}};
     matmul_dw(a, d, dqkv, w, N, d, parts, dw_scratch_);
-    matmul_dx(dqkv, w, wqkv_[l].data(), da, N, d, w, da_set ? T(1) : T(0));
-    // dx_l = dx2 (residual) + RMSNorm'(da)   (pre-LN);   post-LN: a = x, dx_l = dx2 + da
-    if (pre)
-      rmsnorm_backward(x_[l].data(), P + L.g1, r1_[l].data(), da, dx, dx2, G + L.g1, N);
-    else
-      add(da, dx2, dx, N * d);
+    norm_dg_begin(N);
+    matmul_dx(dqkv, w, wqkv_[l].data(), da, N, d, w, da_set ? T(1) : T(0), [&](std::size_t r0, std::size_t r1) {
+      if (pre) return rmsnorm_backward_rows(x_[l].data(), P + L.g1, r1_[l].data(), da, dx, dx2, r0, r1);
+      add_rows(da, dx2, dx, r0, r1);
+    });
+    if (pre) norm_dg_end(G + L.g1, N);
   }
 };
 
