@@ -25,3 +25,19 @@ TEST_CASE("cpu forward with small tiles matches the reference", "[forward][cpu]"
     }
   }
 }
+
+TEST_CASE("cpu forward sigmoid with saturating scores matches the reference", "[forward][cpu]") {
+  // Scores of a few tens (q, k scaled by 6): the vectorized sigmoid's clamps of
+  // e^{-(s+b)} (far below 2^-150 and above 2^115) are taken on many lanes.
+  for (std::size_t t : {37u, 200u}) {
+    const test::operands p(1, 4, 2, t, t, 64, 64, 1300 + t, 6.0);
+    for (const auto& m : test::masks_for(t)) {
+      INFO("tokens " << t << " mask kind " << int(m.which) << ":" << m.param);
+      for (double bias : {-1.5, 0.0, 40.0}) {
+        attention<score::scaled_dot, norm::sigmoid, bias::none, pos::nope, mask::dynamic> a{{}, {}, {}, {}, m};
+        a.norm.bias = bias;
+        test::expect_matches_reference(backend::cpu{}, a, p);
+      }
+    }
+  }
+}
