@@ -3,6 +3,8 @@
 // backend-against-reference comparisons.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -112,6 +114,80 @@ void check_finite_differences(const A& a, operands p, const std::vector<param_sl
   expect("dk", dk, p.k);
   expect("dv", dv, p.v);
   for (std::size_t i = 0; i < slots.size(); ++i) expect(slots[i].name.c_str(), pg[i], *slots[i].values);
+}
+
+// Gradients of one backend run, poisoned before it, in T.
+template <class T>
+struct grads {
+  std::vector<T> dq, dk, dv;
+  std::vector<std::vector<T>> params;
+  gradients<T> g;
+  grads(const test::operands& p, const std::vector<test::param_slot>& slots)
+      : dq(p.q.size()), dk(p.k.size()), dv(p.v.size()), params(slots.size()) {
+    test::poison(dq);
+    test::poison(dk);
+    test::poison(dv);
+    g = {{dq.data(), p.batch, p.heads, p.tq, p.dim},
+         {dk.data(), p.batch, p.kv_heads, p.tk, p.dim},
+         {dv.data(), p.batch, p.kv_heads, p.tk, p.vdim}};
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      params[i].resize(slots[i].values->size());
+      test::poison(params[i]);
+      // the same field of param_grads<T> as the slot names for double
+      const auto field = slots[i].field;
+      T* ptr = params[i].data();
+      if (field == &param_grads<double>::sink) g.params.sink = ptr;
+      if (field == &param_grads<double>::kstar) g.params.kstar = ptr;
+      if (field == &param_grads<double>::vstar) g.params.vstar = ptr;
+      if (field == &param_grads<double>::bias) g.params.bias = ptr;
+      if (field == &param_grads<double>::score) g.params.score = ptr;
+    }
+  }
+};
+
+// Learnable parameters as float32 holds them, so both backends see the same values.
+inline void round_params(const std::vector<test::param_slot>& slots) {
+  // in place: the attention value points at these buffers
+  for (const auto& s : slots) {
+    const auto r = test::round_to_float(*s.values);
+    std::copy(r.begin(), r.end(), s.values->begin());
+  }
+}
+
+// A backend's backward in float against the reference backward in double:
+// every gradient finite and within `tol` relative L2 (1e-4 for every variant:
+// the families float cannot resolve run in double inside, see float_too_coarse).
+template <class Backend, class A>
+void expect_backward_matches(const Backend& be, const A& a, const test::operands& p,
+                             const std::vector<test::param_slot>& slots, std::uint64_t seed,
+                             double tol = 1e-4) {
+  const std::vector<double> dO = test::round_to_float(test::random_vector(p.out_size(), seed + 99));
+  const std::vector<float> dOf = test::cast<float>(dO);
+  grads<double> ref(p, slots);
+  backward(backend::reference{}, a, p.Q<double>(), p.K<double>(), p.V<double>(),
+           tensor4<const double>(dO.data(), p.batch, p.heads, p.tq, p.vdim), ref.g);
+  grads<float> got(p, slots);
+  backward(be, a, p.Q<float>(), p.K<float>(), p.V<float>(),
+           tensor4<const float>(dOf.data(), p.batch, p.heads, p.tq, p.vdim), got.g);
+  auto expect = [&](const char* name, const auto& x, const auto& y) {
+    INFO(name);
+    REQUIRE(test::all_finite(x));
+    // A softmax row with one visible key has dS = p(dP - D) = 0 exactly; float
+    // leaves ~1e-7 of the cancelled O(1) terms. Errors are therefore relative
+    // to max(||ref||, 1e-2·sqrt(n)), i.e. never below an RMS of 1e-2.
+    double num = 0, den = 0;
+    for (std::size_t e = 0; e < x.size(); ++e) {
+      num += (double(x[e]) - double(y[e])) * (double(x[e]) - double(y[e]));
+      den += double(y[e]) * double(y[e]);
+    }
+    const double err = std::sqrt(num) / std::max(std::sqrt(den), 1e-2 * std::sqrt(double(x.size())));
+    INFO("relative L2 error " << err << " (||ref|| = " << std::sqrt(den) << ", n = " << x.size() << ")");
+    CHECK(err <= tol);
+  };
+  expect("dq", got.dq, ref.dq);
+  expect("dk", got.dk, ref.dk);
+  expect("dv", got.dv, ref.dv);
+  for (std::size_t i = 0; i < slots.size(); ++i) expect(slots[i].name.c_str(), got.params[i], ref.params[i]);
 }
 
 }  // namespace attnsink::test
