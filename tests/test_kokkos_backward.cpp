@@ -202,7 +202,7 @@ TEST_CASE("kokkos backward with the forward's saved state equals the one that re
   forward(kokkos_be{}, A{}, p.Q<float>(), p.K<float>(), p.V<float>(), fwd.O(p), fwd.stats());
   grads<float> with(p, {}), without(p, {});
   backward(kokkos_be{}, A{}, p.Q<float>(), p.K<float>(), p.V<float>(), dout, with.g,
-           kokkos_saved_forward<float>{tensor4<const float>(fwd.out.data(), 1, 4, 100, 32), fwd.m.data(), fwd.l.data()});
+           saved_forward<float>{tensor4<const float>(fwd.out.data(), 1, 4, 100, 32), fwd.m.data(), fwd.l.data()});
   backward(kokkos_be{}, A{}, p.Q<float>(), p.K<float>(), p.V<float>(), dout, without.g);
   CHECK(with.dq == without.dq);
   CHECK(with.dk == without.dk);

@@ -100,4 +100,28 @@ problem check_backward(const A& a, const tensor4<const T>& q, const tensor4<cons
   return p;
 }
 
+// What the forward kept for the backward: its output and the row state (m, l).
+// Empty (the default): the backward runs the forward itself first. A
+// backend reads it where it reads its operands (host memory for backward(),
+// the execution space's memory for the Kokkos backward_device()).
+template <class T>
+struct saved_forward {
+  tensor4<const T> out{};
+  const T* max = nullptr;
+  const T* sum = nullptr;
+  bool empty() const { return out.data == nullptr; }
+};
+
+// Normalizations whose float backward cannot reach 1e-4 of the double oracle,
+// so float calls run in double (measured, not bugs):
+// - a signed denominator (abs_clamped) can cancel below float's resolution of its terms;
+// - softpick's gradient jumps at s = 0: a score within float rounding of zero
+//   lands on either side (one such score in a 1000-token causal row moved dq by 2e-4);
+// - normalized<F> (and softpick) rows with one visible key have p ≈ 1 and
+//   dS = f'·f·(dP − p·dP) cancels to (1 − p), ~2e-4 relative in float.
+template <class N>
+inline constexpr bool float_too_coarse =
+    (N::has_denominator && !N::non_negative) || std::is_same_v<N, norm::softpick> ||
+    requires { typename N::function; };  // norm::normalized<F>
+
 }  // namespace attnsink

@@ -50,16 +50,6 @@
 
 namespace attnsink {
 
-// What the forward kept for the backward: its output and the row state (m, l).
-// Empty (the default): the backward runs the forward itself first.
-template <class T>
-struct saved_forward {
-  tensor4<const T> out{};
-  const T* max = nullptr;
-  const T* sum = nullptr;
-  bool empty() const { return out.data == nullptr; }
-};
-
 namespace cpu_bwd {
 
 template <class T>
@@ -74,17 +64,6 @@ inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) /
 
 using cpu_detail::gemm_acc;  // the forward's P·V product, with an output stride
 
-// Normalizations whose float backward cannot reach 1e-4 of the double oracle,
-// so float calls run in double (measured, not bugs):
-// - a signed denominator (abs_clamped) can cancel below float's resolution of its terms;
-// - softpick's gradient jumps at s = 0: a score within float rounding of zero
-//   lands on either side (one such score in a 1000-token causal row moved dq by 2e-4);
-// - normalized<F> (and softpick) rows with one visible key have p ≈ 1 and
-//   dS = f'·f·(dP − p·dP) cancels to (1 − p), ~2e-4 relative in float.
-template <class N>
-inline constexpr bool float_too_coarse =
-    (N::has_denominator && !N::non_negative) || std::is_same_v<N, norm::softpick> ||
-    requires { typename N::function; };  // norm::normalized<F>
 
 // Every tile product is cpu_detail::gemm (the forward's register-blocked
 // micro-kernel: 6 rows × 4 vectors of accumulators on AVX-512): each output
@@ -497,7 +476,7 @@ void backward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<c
   detail::assert_differentiable<A>();
   const problem p = check_backward(a, q, k, v, dout, g);
   using norm_t = typename A::norm_type;
-  if constexpr (std::is_same_v<T, float> && cpu_bwd::float_too_coarse<norm_t>) {
+  if constexpr (std::is_same_v<T, float> && float_too_coarse<norm_t>) {
     return cpu_bwd::backward_in_double(opt, a, q, k, v, dout, g);
   }
   using P = cpu_bwd::plan<A, T>;

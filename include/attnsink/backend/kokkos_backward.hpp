@@ -44,24 +44,7 @@
 
 namespace attnsink {
 
-// What a Kokkos forward kept for the backward: its output and the row state
-// (m, l), in the memory the backward entry point reads (host memory for
-// backward, E's memory for backward_device). Empty: the forward runs first.
-template <class T>
-struct kokkos_saved_forward {
-  tensor4<const T> out{};
-  const T* max = nullptr;
-  const T* sum = nullptr;
-  bool empty() const { return out.data == nullptr; }
-};
-
 namespace kokkos_bwd {
-
-// Normalizations whose float backward cannot reach 1e-4 of the double oracle
-// (the cpu backward's list, cpu_backward.hpp): float calls run in double.
-template <class N>
-inline constexpr bool float_too_coarse = (N::has_denominator && !N::non_negative) ||
-                                         std::is_same_v<N, norm::softpick> || requires { typename N::function; };
 
 // Rows of a learnable bias's per-task partial sums (bias_grad below).
 inline constexpr std::size_t bias_rows = 64;
@@ -639,7 +622,7 @@ void run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<con
 template <class A, class T, class E>
 void run_with_forward(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<const T> q,
                       tensor4<const T> k, tensor4<const T> v, tensor4<const T> dout, gradients<T> g,
-                      kokkos_saved_forward<T> saved) {
+                      saved_forward<T> saved) {
   using M = typename E::memory_space;
   Kokkos::View<T*, M> own_out, own_m, own_l;
   if (saved.empty()) {
@@ -710,7 +693,7 @@ void run_in_double(const backend::kokkos<E>& be, const A& a, const problem& p, t
 // Validated operands in E's memory: the float → double detour, then the forward and run().
 template <class A, class T, class E>
 void dispatch(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<const T> q, tensor4<const T> k,
-              tensor4<const T> v, tensor4<const T> dout, gradients<T> g, kokkos_saved_forward<T> saved) {
+              tensor4<const T> v, tensor4<const T> dout, gradients<T> g, saved_forward<T> saved) {
   if constexpr (std::is_same_v<T, float> && float_too_coarse<typename A::norm_type>) {
     run_in_double(be, a, p, q, k, v, dout, g);  // its own forward in double; `saved` is not needed
   } else {
@@ -726,7 +709,7 @@ void dispatch(const backend::kokkos<E>& be, const A& a, const problem& p, tensor
 template <attention_type A, class T, class E>
   requires std::is_floating_point_v<T>
 void backward_device(const backend::kokkos<E>& be, const A& a, tensor4<const T> q, tensor4<const T> k,
-                     tensor4<const T> v, tensor4<const T> dout, gradients<T> g, kokkos_saved_forward<T> saved = {}) {
+                     tensor4<const T> v, tensor4<const T> dout, gradients<T> g, saved_forward<T> saved = {}) {
   detail::assert_differentiable<A>();
   problem p;
   if constexpr (kokkos_compat::host_accessible<E>) {
@@ -751,7 +734,7 @@ void backward_device(const backend::kokkos<E>& be, const A& a, tensor4<const T> 
 template <attention_type A, class T, class E>
   requires std::is_floating_point_v<T>
 void backward(const backend::kokkos<E>& be, const A& a, tensor4<const T> q, tensor4<const T> k, tensor4<const T> v,
-              tensor4<const T> dout, gradients<T> g, kokkos_saved_forward<T> saved = {}) {
+              tensor4<const T> dout, gradients<T> g, saved_forward<T> saved = {}) {
   detail::assert_differentiable<A>();
   const problem p = check_backward(a, q, k, v, dout, g);
   if (!saved.empty()) {
@@ -783,7 +766,7 @@ void backward(const backend::kokkos<E>& be, const A& a, tensor4<const T> q, tens
         *dp[i] = pd[i].data();
       }
     Kokkos::View<T*, M> so, sm, sl;
-    kokkos_saved_forward<T> sd{};
+    saved_forward<T> sd{};
     if (!saved.empty()) {
       const std::size_t rows = p.batch * p.heads * p.tq;
       so = upload<M>(saved.out);
