@@ -683,13 +683,12 @@ bool run_cuda(const backend::kokkos<E>&, const A&, const problem&, tensor4<const
 }
 #endif
 
-// Runs on operands already in E's memory; p validated.
-template <class A, class T, class E>
-void run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<const T> q, tensor4<const T> k,
-         tensor4<const T> v, tensor4<T> out, row_stats<T> stats) {
-  constexpr bool host = kokkos_compat::host_accessible<E>;
-  if (run_cuda(be, a, p, q, k, v, out, stats)) return;
-  layout g{};
+// Fills the head, feature and value dims (and their 4-padded widths) and the
+// GQA group of a launch geometry G (the forward's layout, the backward's
+// geometry); returns the register capacity they need. Throws value_error
+// ("q") past 256: the kernels keep a row in registers.
+template <class G, class A>
+std::size_t set_dims(G& g, const A& a, const problem& p) {
   g.d = p.dim;
   g.df = a.score.feature_dim(p.dim);
   g.dfp = round4(g.df);
@@ -700,6 +699,17 @@ void run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<con
   if (need > 256)
     throw value_error("q", "the kokkos backend supports head, feature and value dims up to 256, got " +
                                std::to_string(std::max({g.d, g.df, g.dv})));
+  return need;
+}
+
+// Runs on operands already in E's memory; p validated.
+template <class A, class T, class E>
+void run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<const T> q, tensor4<const T> k,
+         tensor4<const T> v, tensor4<T> out, row_stats<T> stats) {
+  constexpr bool host = kokkos_compat::host_accessible<E>;
+  if (run_cuda(be, a, p, q, k, v, out, stats)) return;
+  layout g{};
+  const std::size_t need = set_dims(g, a, p);
   const std::size_t want = be.team_rows ? be.team_rows : (host ? 1 : 128);
   const std::size_t row_bytes = (g.dfp + g.dvp) * sizeof(T);
   std::size_t budget = std::min<std::size_t>(40 << 10, Kokkos::TeamPolicy<E>::scratch_size_max(0) - 64);

@@ -580,20 +580,10 @@ template <class A, class T, class E>
 void run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<const T> q, tensor4<const T> k,
          tensor4<const T> v, tensor4<const T> dout, gradients<T> g, tensor4<const T> out, const T* sm, const T* sl) {
   constexpr bool host = kokkos_compat::host_accessible<E>;
-  using kokkos_detail::round4;
   plan<A, T> pl{a, p, {}, q, k, v, dout, g, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                 nullptr, nullptr, nullptr, nullptr, nullptr, T(a.score.scale(p.dim)), a.mask.is_causal()};
   geometry& ge = pl.g;
-  ge.d = p.dim;
-  ge.df = a.score.feature_dim(p.dim);
-  ge.dfp = round4(ge.df);
-  ge.dv = p.vdim;
-  ge.dvp = round4(ge.dv);
-  ge.group = p.heads / p.kv_heads;
-  const std::size_t need = std::max({round4(ge.d), ge.dfp, ge.dvp});
-  if (need > 256)
-    throw value_error("q", "the kokkos backend supports head, feature and value dims up to 256, got " +
-                               std::to_string(std::max({ge.d, ge.df, ge.dv})));
+  const std::size_t need = kokkos_detail::set_dims(ge, a, p);
   const std::size_t row_bytes = (ge.dfp + ge.dvp + 3) * sizeof(T);
   std::size_t budget = std::min<std::size_t>(40 << 10, Kokkos::TeamPolicy<E>::scratch_size_max(0) - 64);
   ge.level = 0;
