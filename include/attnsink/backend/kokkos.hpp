@@ -402,6 +402,7 @@ struct cuda_forward_kernel {
   static constexpr int BK = ATTNSINK_KOKKOS_CUDA_TILE / D;  // keys per tile (default: K and V take 32 KiB of scratch)
   static constexpr int CH = ATTNSINK_KOKKOS_CUDA_CHUNK;  // keys per chunk (divides BK)
   static_assert(BK % CH == 0, "attnsink: ATTNSINK_KOKKOS_CUDA_CHUNK must divide the key tile");
+  static constexpr std::size_t scratch_bytes = 2 * std::size_t(BK) * D * sizeof(float) + 64;
   // Teams per SM the register allocation must allow. 2 (the default) lets
   // ptxas use 255 registers with no spills (8 warps per SM); 3 caps it at 168
   // and spills ~450 bytes per thread: on the H200 that was 10-35% slower
@@ -624,6 +625,278 @@ struct cuda_forward_kernel {
   }
 };
 
+#ifndef ATTNSINK_KOKKOS_CUDA_MMA  // 1: the tensor-core kernel below; 0: the SIMT kernel above
+#define ATTNSINK_KOKKOS_CUDA_MMA 1
+#endif
+#ifndef ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_PER_SM
+#define ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_PER_SM 2
+#endif
+// The tensor-core path for the same cases as cuda_forward_kernel, at fp32
+// accuracy: both products (S = Q·Kᵀ and O += P·V) run on mma.sync m16n8k8
+// TF32 instructions with the 3xTF32 split (CUTLASS's "fast fp32"; it is what
+// torch's fp32 SDPA does on this GPU). Each fp32 operand x is split into
+// big = tf32(x) and small = tf32(x − big); a·b is accumulated in fp32 as
+// small_a·big_b + big_a·small_b + big_a·big_b, so only the small·small term
+// (≤ 2⁻²² |a||b|) is dropped beside fp32's own rounding.
+//
+// A team is 4 warps; a warp owns 16 query rows for the whole key range (no
+// cross-warp reduction). Per K/V tile of BK keys in scratch (rows padded by 4
+// floats: the fragment loads are bank-conflict free) a warp computes its
+// 16 × BK scores as MMA accumulators, applies the policy per score (post,
+// bias, mask, normalization) where they lie, and feeds them back as the A
+// operand of P·V: the C fragment of S holds keys (2t, 2t + 1) of a row where
+// the A fragment wants (t, t + 4), so keys are renumbered inside each block
+// of 8 and V's B fragment reads the matching rows — no shuffle. A row's max is
+// reduced over the 4 lanes of a quad (xor shuffles: every lane sees the same
+// bits); each lane keeps a partial denominator, summed over the quad at the end.
+template <class A, int D>
+struct cuda_mma_kernel {
+  static constexpr int NT = 128;           // threads per team: 4 warps
+  static constexpr int R = 64;             // query rows per team: 16 per warp
+  static constexpr int BK = D == 64 ? 64 : 32;  // keys per tile
+  static constexpr int NB = BK / 8;        // 8-key blocks per tile
+  static constexpr int KS = D / 8;         // 8-wide steps over the head dim
+  static constexpr int SP = D + 4;         // scratch row pitch (floats)
+  static constexpr std::size_t scratch_bytes = 2 * std::size_t(BK) * SP * sizeof(float) + 64;
+  using policy_type =
+      Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<NT, ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_PER_SM>>;
+  using member = typename policy_type::member_type;
+  using norm_t = typename A::norm_type;
+  using score_t = typename A::score_type;
+  using bias_t = typename A::bias_type;
+  static constexpr bool exp_norm = std::is_base_of_v<norm::exp_family, norm_t>;
+
+  A a;
+  tensor4<const float> q, v;
+  const float* keys;
+  std::size_t ksb, ksh, kst;
+  tensor4<float> out;
+  row_stats<float> stats;
+  problem p;
+  layout g;
+  float c;
+  bool causal;
+
+#ifdef __CUDA_ARCH__
+  __device__ static void split(float x, std::uint32_t& big, std::uint32_t& small) {
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(big) : "f"(x));
+    const float r = x - __uint_as_float(big);
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(small) : "f"(r));
+  }
+  // d += a·b, one m16n8k8 TF32 MMA.
+  __device__ static void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // d += a·b at fp32 accuracy (3xTF32); a given as big/small, b as two fp32 values.
+  __device__ static void mma3(float (&d)[4], const std::uint32_t (&ab)[4], const std::uint32_t (&as)[4], float b0,
+                              float b1) {
+    std::uint32_t bb0, bs0, bb1, bs1;
+    split(b0, bb0, bs0);
+    split(b1, bb1, bs1);
+    mma(d, as, bb0, bb1);
+    mma(d, ab, bs0, bs1);
+    mma(d, ab, bb0, bb1);
+  }
+#endif
+
+  KOKKOS_INLINE_FUNCTION void operator()(const member& t) const {
+#ifdef __CUDA_ARCH__
+    const int tr = t.team_rank();
+    const int warp = tr / 32, lane = tr % 32, gq = lane / 4, tq = lane % 4;
+    const std::size_t lr = t.league_rank();
+    // Query tiles run last-to-first: under a causal mask the longest rows start first.
+    const std::size_t per = p.batch * p.kv_heads * g.hchunks;
+    const std::size_t qt = g.qtiles - 1 - lr / per, rest = lr % per;
+    const std::size_t hc = rest % g.hchunks, pr = rest / g.hchunks;
+    const std::size_t b = pr / p.kv_heads, hk = pr % p.kv_heads;
+    const std::size_t h0 = hk * g.group + hc * g.hs, hn = math::min(g.hs, g.group - hc * g.hs);
+    const std::size_t i0 = qt * g.ni, i1 = math::min(i0 + g.ni, p.tq);
+    const std::size_t nr = (i1 - i0) * hn;
+    float* ks = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * SP * sizeof(float), 16));
+    float* vs = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * SP * sizeof(float), 16));
+
+    // This lane's two rows: u = 0 is row gq of the warp's 16, u = 1 row gq + 8.
+    // qa: Q's A fragments (scaled), qa[s] = {Q[gq][8s+tq], Q[gq+8][8s+tq], Q[gq][8s+tq+4], Q[gq+8][8s+tq+4]}.
+    float qa[KS][4], o[KS][4], m[2], l[2], slope[2];
+    int ri[2], rh[2], qp[2], klo[2], khi[2];
+    bool act[2];
+    ATTNSINK_UNROLL
+    for (int u = 0; u < 2; ++u) {
+      const std::size_t rho = std::size_t(warp * 16 + gq + 8 * u);
+      act[u] = rho < nr;
+      ri[u] = int(i0 + (act[u] ? rho / hn : 0));
+      rh[u] = int(h0 + (act[u] ? rho % hn : 0));
+      qp[u] = int(mask::detail::qpos(std::size_t(ri[u]), p.tq, p.tk));
+      const float* src = q.row(b, std::size_t(rh[u]), std::size_t(ri[u]));
+      if (a.pos.rotates()) {
+        float x[D];  // apply() takes a pointer: the only array that may live in local memory
+        for (int e = 0; e < D; ++e) x[e] = src[e];
+        a.pos.apply(x, std::size_t(D), std::ptrdiff_t(qp[u]), 1);
+        ATTNSINK_UNROLL
+        for (int s = 0; s < KS; ++s) {
+          qa[s][u] = x[8 * s + tq] * c;
+          qa[s][u + 2] = x[8 * s + tq + 4] * c;
+        }
+      } else {
+        ATTNSINK_UNROLL
+        for (int s = 0; s < KS; ++s) {
+          qa[s][u] = src[8 * s + tq] * c;
+          qa[s][u + 2] = src[8 * s + tq + 4] * c;
+        }
+      }
+      const row_init init = a.norm.init(std::size_t(rh[u]));
+      m[u] = float(init.m);
+      l[u] = tq == 0 ? float(init.l) : 0.0f;  // the quad's partial sums add up to l
+      const key_range kr = a.mask.range(b, std::size_t(ri[u]), p.tq, p.tk);
+      klo[u] = act[u] ? int(kr.lo) : 0;
+      khi[u] = act[u] ? int(kr.hi) : 0;
+      if constexpr (std::is_same_v<bias_t, bias::alibi>) slope[u] = float(a.bias.slope(std::size_t(rh[u]), p.heads));
+      else slope[u] = 0.0f;
+    }
+    ATTNSINK_UNROLL
+    for (int n = 0; n < KS; ++n)
+      ATTNSINK_UNROLL
+      for (int z = 0; z < 4; ++z) o[n][z] = 0.0f;
+
+    const key_range first = a.mask.range(b, i0, p.tq, p.tk), last = a.mask.range(b, i1 - 1, p.tq, p.tk);
+    const float* kbase = keys + b * ksb + hk * ksh;
+    for (std::size_t j0 = first.lo / BK * BK; j0 < last.hi; j0 += BK) {
+      const int nk = int(math::min(std::size_t(BK), p.tk - j0));
+      const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
+      if (vis == tile_visibility::skip) continue;  // team-uniform: barriers stay matched
+      t.team_barrier();
+      // 16-byte loads, consecutive threads on consecutive addresses; rows past
+      // the sequence are zeros (their weights are 0, and 0 · 0 stays finite).
+      ATTNSINK_UNROLL
+      for (int idx = tr; idx < BK * D / 4; idx += NT) {
+        const int row = idx / (D / 4), col = 4 * (idx % (D / 4));
+        float4 kx{0, 0, 0, 0}, vx{0, 0, 0, 0};
+        if (row < nk) {
+          kx = *reinterpret_cast<const float4*>(kbase + (j0 + row) * kst + col);
+          vx = *reinterpret_cast<const float4*>(v.row(b, hk, j0 + row) + col);
+        }
+        *reinterpret_cast<float4*>(ks + row * SP + col) = kx;
+        *reinterpret_cast<float4*>(vs + row * SP + col) = vx;
+      }
+      t.team_barrier();
+
+      // S = Q·Kᵀ: s[n] holds S(gq, 8n+2tq+z) in s[n][z] and S(gq+8, 8n+2tq+z) in s[n][2+z].
+      float s[NB][4];
+      ATTNSINK_UNROLL
+      for (int n = 0; n < NB; ++n)
+        ATTNSINK_UNROLL
+        for (int z = 0; z < 4; ++z) s[n][z] = 0.0f;
+      ATTNSINK_UNROLL
+      for (int k8 = 0; k8 < KS; ++k8) {
+        std::uint32_t ab[4], as[4];
+        ATTNSINK_UNROLL
+        for (int z = 0; z < 4; ++z) split(qa[k8][z], ab[z], as[z]);
+        ATTNSINK_UNROLL
+        for (int n = 0; n < NB; ++n) {
+          const float* kp = ks + (8 * n + gq) * SP + 8 * k8 + tq;
+          mma3(s[n], ab, as, kp[0], kp[4]);
+        }
+      }
+
+      // Scores to weights, per row, where the accumulators lie.
+      const bool part = vis == tile_visibility::partial;
+      ATTNSINK_UNROLL
+      for (int u = 0; u < 2; ++u) {
+        const int rlo = part ? klo[u] - int(j0) : (act[u] ? 0 : BK), rhi = part ? khi[u] - int(j0) : (act[u] ? nk : 0);
+        float mx = math::neg_inf<float>();
+        ATTNSINK_UNROLL
+        for (int n = 0; n < NB; ++n)
+          ATTNSINK_UNROLL
+          for (int z = 0; z < 2; ++z) {
+            const int j = 8 * n + 2 * tq + z;
+            const bool seen = j >= rlo && j < rhi;
+            float x = s[n][2 * u + z];
+            if constexpr (score_t::has_post) x = a.score.post(x);
+            if constexpr (std::is_same_v<bias_t, bias::alibi>) {
+              x -= slope[u] * float(qp[u] - int(j0) - j);
+            } else if constexpr (bias_t::additive) {
+              if (seen)  // no lookup past the row's keys
+                x += float(a.bias.value(site{b, std::size_t(rh[u]), p.heads, std::ptrdiff_t(qp[u]),
+                                             std::ptrdiff_t(j0 + j), std::size_t(ri[u]), p.tq, p.tk, causal}));
+            }
+            s[n][2 * u + z] = seen ? x : math::neg_inf<float>();
+            mx = math::max(mx, s[n][2 * u + z]);
+          }
+        if constexpr (norm_t::tracks_max) {
+          mx = math::max(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = math::max(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          if (mx > m[u]) {
+            const float f = exp_norm ? __expf(m[u] - mx) : kokkos_compat::exp(m[u] - mx);
+            l[u] *= f;
+            ATTNSINK_UNROLL
+            for (int n = 0; n < KS; ++n) {
+              o[n][2 * u] *= f;
+              o[n][2 * u + 1] *= f;
+            }
+            m[u] = mx;
+          }
+        }
+        ATTNSINK_UNROLL
+        for (int n = 0; n < NB; ++n)
+          ATTNSINK_UNROLL
+          for (int z = 0; z < 2; ++z) {
+            const float x = s[n][2 * u + z];
+            const bool seen = x != math::neg_inf<float>();
+            float w;
+            if constexpr (exp_norm) {
+              w = seen ? __expf(x - m[u]) : 0.0f;
+              l[u] += w;
+            } else if constexpr (std::is_same_v<norm_t, norm::sigmoid>) {
+              w = seen ? __fdividef(1.0f, 1.0f + __expf(-(x + float(a.norm.bias)))) : 0.0f;
+            } else {
+              w = seen ? a.norm.weight(x, m[u]) : 0.0f;
+              if constexpr (norm_t::has_denominator) l[u] += seen ? a.norm.mass(x, m[u]) : 0.0f;
+            }
+            s[n][2 * u + z] = w;
+          }
+      }
+
+      // O += P·V: block n's A fragment is {P(gq, 2tq), P(gq+8, 2tq), P(gq, 2tq+1), P(gq+8, 2tq+1)}
+      // (keys renumbered 2tq → tq, 2tq+1 → tq+4), V's B fragment rows 2tq and 2tq+1 to match.
+      ATTNSINK_UNROLL
+      for (int n = 0; n < NB; ++n) {
+        std::uint32_t pb[4], ps[4];
+        split(s[n][0], pb[0], ps[0]);
+        split(s[n][2], pb[1], ps[1]);
+        split(s[n][1], pb[2], ps[2]);
+        split(s[n][3], pb[3], ps[3]);
+        const float* vp = vs + (8 * n + 2 * tq) * SP + gq;
+        ATTNSINK_UNROLL
+        for (int e = 0; e < KS; ++e) mma3(o[e], pb, ps, vp[8 * e], vp[SP + 8 * e]);
+      }
+    }
+
+    ATTNSINK_UNROLL
+    for (int u = 0; u < 2; ++u) {
+      float lt = l[u] + __shfl_xor_sync(0xffffffffu, l[u], 1);
+      lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+      if (!act[u]) continue;
+      const float f = a.norm.finish(m[u], lt);
+      float* dst = out.row(b, std::size_t(rh[u]), std::size_t(ri[u])) + 2 * tq;
+      ATTNSINK_UNROLL
+      for (int e = 0; e < KS; ++e)
+        *reinterpret_cast<float2*>(dst + 8 * e) = float2{o[e][2 * u] * f, o[e][2 * u + 1] * f};
+      if (tq == 0) {
+        const std::size_t row = (b * p.heads + std::size_t(rh[u])) * p.tq + std::size_t(ri[u]);
+        if (stats.max) stats.max[row] = m[u];
+        if (stats.sum) stats.sum[row] = lt;
+      }
+    }
+#else
+    (void)t;
+    Kokkos::abort("attnsink: the CUDA forward kernel ran on the host");
+#endif
+  }
+};
+
 template <class T>
 bool aligned16(tensor4<const T> x) {
   return reinterpret_cast<std::uintptr_t>(x.data) % 16 == 0 && x.stride_t % 4 == 0 && x.stride_h % 4 == 0 &&
@@ -640,7 +913,7 @@ bool run_cuda(const backend::kokkos<E>& be, const A& a, const problem& p, tensor
     if (be.team_rows || be.key_tile || p.vdim != p.dim || (p.dim != 64 && p.dim != 128)) return false;
     if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(tensor4<const T>(out))) return false;
     auto go = [&]<int D>() {
-      using K = cuda_forward_kernel<A, D>;
+      using K = std::conditional_t<ATTNSINK_KOKKOS_CUDA_MMA != 0, cuda_mma_kernel<A, D>, cuda_forward_kernel<A, D>>;
       layout g{};
       g.d = g.df = g.dfp = g.dv = g.dvp = D;
       g.group = p.heads / p.kv_heads;
@@ -664,7 +937,7 @@ bool run_cuda(const backend::kokkos<E>& be, const A& a, const problem& p, tensor
       }
       const std::size_t league = p.batch * p.kv_heads * g.hchunks * g.qtiles;
       typename K::policy_type policy(be.space, int(league), K::NT);
-      policy.set_scratch_size(0, Kokkos::PerTeam(2 * K::BK * D * sizeof(float) + 64));
+      policy.set_scratch_size(0, Kokkos::PerTeam(K::scratch_bytes));
       Kokkos::parallel_for("attnsink::kokkos::forward_cuda", policy, kern);
       be.space.fence();  // kbuf must outlive the kernel
     };
