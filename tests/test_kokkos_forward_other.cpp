@@ -1,19 +1,18 @@
 // The Kokkos backend against the reference on Kokkos' default execution
-// space: the other named variants (sigmoid, elu, kernel, softpick), every mask, the forward_cases.hpp shapes. The variants are
-// split over two programs so that they build in parallel.
+// space: the other named variants (sigmoid, elu, kernel, softpick), every
+// mask, the forward_cases.hpp shapes. The softmax family is
+// test_kokkos_forward_softmax; the variants are split over two programs, and
+// over files within each (test_kokkos_slices.hpp), so that they build in
+// parallel. This file: main and the first slice;
+// test_kokkos_forward_other.other_2.cpp and .other_3.cpp the others.
 #include <catch2/catch_template_test_macros.hpp>
-
-#include <tuple>
 
 #include <attnsink/kokkos.hpp>
 
 #include "forward_cases.hpp"
 #include "test_kokkos_main.hpp"
+#include "test_kokkos_slices.hpp"
 
-using namespace attnsink;
-
-using other_variants = std::tuple<variants::sigmoid, variants::sigmoid_normalized, variants::elu1, variants::elu1_normalized, variants::kernel_elu1, variants::kernel_elu1_normalized, variants::kernel_identity, variants::kernel_identity_abs_clamped, variants::softpick>;
-
-TEMPLATE_LIST_TEST_CASE("kokkos forward matches the reference", "[forward][kokkos]", other_variants) {
-  test::run_forward_cases<TestType>(backend::kokkos<Kokkos::DefaultExecutionSpace>{});
+TEMPLATE_TEST_CASE("kokkos forward matches the reference", "[forward][kokkos]", ATTNSINK_KOKKOS_OTHER_SLICE_1) {
+  attnsink::test::run_forward_cases<TestType>(attnsink::backend::kokkos<Kokkos::DefaultExecutionSpace>{});
 }

@@ -4,51 +4,36 @@
 // k = 1 and a later k, the proxies' row-mass pass; float row state; the
 // hand-checked uniform case; the device entry point; capture with the
 // Kokkos backend; bad input.
-#include <catch2/catch_template_test_macros.hpp>
+//
+// The program's cases are spread over several files so that they compile in
+// parallel: this one (main, the hand-checked case, device operands, capture,
+// bad input), test_kokkos_metrics.<slice>.cpp (the named variants,
+// test_kokkos_slices.hpp) and .float.cpp (float row state).
+#include <cmath>
+#include <span>
+#include <string>
+#include <vector>
+
 #include <catch2/catch_test_macros.hpp>
 
-#include <attnsink/kokkos.hpp>
-#include <attnsink/metrics.hpp>
-#include <attnsink/metrics/kokkos.hpp>
-
-#include "metrics_cases.hpp"
 #include "test_kokkos_main.hpp"
+#include "test_kokkos_metrics.hpp"
 
 using namespace attnsink;
 namespace M = attnsink::metrics;
-using space = Kokkos::DefaultExecutionSpace;
-using kokkos_be = backend::kokkos<space>;
+using space = test::kokkos_space;
+using test::kokkos_be;
 
 namespace {
 
-// The Kokkos forward's row state for `a` over p in T (poisoned first), and α streamed from it on Kokkos.
-struct kokkos_route {
-  template <class T, class A>
-  static M::alpha_map alphas(const A& a, const test::operands& p, const M::options& opt) {
-    test::result<T> got(p);
-    forward(kokkos_be{}, a, p.Q<T>(), p.K<T>(), p.V<T>(), got.O(p), got.stats());
-    REQUIRE(test::all_finite(got.l));
-    return M::alphas_streamed(kokkos_be{}, a, p.Q<T>(), p.K<T>(), got.stats(), opt);
-  }
-};
 template <class T, class A>
 M::alpha_map kokkos_alphas(const A& a, const test::operands& p, const M::options& opt) {
-  return kokkos_route::alphas<T>(a, p, opt);
+  return test::kokkos_route::alphas<T>(a, p, opt);
 }
 using test::expect_close;
 using test::reference_alphas;
 
 }  // namespace
-
-// The two routes agree (metrics_cases.hpp), as test_metrics.cpp checks for the cpu backend.
-TEMPLATE_LIST_TEST_CASE("kokkos streamed alpha equals alpha of the materialized weights", "[metrics][kokkos]",
-                        variants::all) {
-  test::streamed_alpha_matches_reference<TestType, kokkos_route>(14000);
-}
-
-TEST_CASE("kokkos alpha streamed from float32 row state is close to the double reference", "[metrics][kokkos]") {
-  test::float_streamed_alpha_is_close<kokkos_route>(177);
-}
 
 TEST_CASE("kokkos: uniform causal attention at T = 64 has alpha_1 = H_64 / 64", "[metrics][kokkos]") {
   // Every key the same vector per head: every score in a row is equal, softmax is uniform.

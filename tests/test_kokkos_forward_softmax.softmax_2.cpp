@@ -1,0 +1,11 @@
+// test_kokkos_forward_softmax (see test_kokkos_forward_softmax.cpp): the second slice.
+#include <catch2/catch_template_test_macros.hpp>
+
+#include <attnsink/kokkos.hpp>
+
+#include "forward_cases.hpp"
+#include "test_kokkos_slices.hpp"
+
+TEMPLATE_TEST_CASE("kokkos forward matches the reference", "[forward][kokkos]", ATTNSINK_KOKKOS_SOFTMAX_SLICE_2) {
+  attnsink::test::run_forward_cases<TestType>(attnsink::backend::kokkos<Kokkos::DefaultExecutionSpace>{});
+}
