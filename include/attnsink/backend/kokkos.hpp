@@ -628,16 +628,23 @@ struct cuda_forward_kernel {
 #ifndef ATTNSINK_KOKKOS_CUDA_MMA  // 1: the tensor-core kernel below; 0: the SIMT kernel above
 #define ATTNSINK_KOKKOS_CUDA_MMA 1
 #endif
-#ifndef ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_PER_SM
-#define ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_PER_SM 2
+#ifndef ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_64  // launch bound (teams per SM) at head dim 64
+#define ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_64 3
+#endif
+#ifndef ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_128  // and at 128
+#define ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_128 2
+#endif
+#ifndef ATTNSINK_KOKKOS_CUDA_MMA_BK_128  // keys per tile at head dim 128 (64 at 64)
+#define ATTNSINK_KOKKOS_CUDA_MMA_BK_128 32
 #endif
 // The tensor-core path for the same cases as cuda_forward_kernel, at fp32
 // accuracy: both products (S = Q·Kᵀ and O += P·V) run on mma.sync m16n8k8
 // TF32 instructions with the 3xTF32 split (CUTLASS's "fast fp32"; it is what
 // torch's fp32 SDPA does on this GPU). Each fp32 operand x is split into
-// big = tf32(x) and small = tf32(x − big); a·b is accumulated in fp32 as
-// small_a·big_b + big_a·small_b + big_a·big_b, so only the small·small term
-// (≤ 2⁻²² |a||b|) is dropped beside fp32's own rounding.
+// big = tf32(x) and small = x − big; a·b is accumulated in fp32 as
+// small_a·big_b + big_a·small_b + big_a·big_b, dropping the small·small term
+// and the small parts' bits past TF32 (≲ 2⁻²¹ |a||b| together) beside fp32's
+// own rounding. The tests hold it to the same tolerances as every backend.
 //
 // A team is 4 warps; a warp owns 16 query rows for the whole key range (no
 // cross-warp reduction). Per K/V tile of BK keys in scratch (rows padded by 4
@@ -653,13 +660,17 @@ template <class A, int D>
 struct cuda_mma_kernel {
   static constexpr int NT = 128;           // threads per team: 4 warps
   static constexpr int R = 64;             // query rows per team: 16 per warp
-  static constexpr int BK = D == 64 ? 64 : 32;  // keys per tile
+  static constexpr int BK = D == 64 ? 64 : ATTNSINK_KOKKOS_CUDA_MMA_BK_128;  // keys per tile
   static constexpr int NB = BK / 8;        // 8-key blocks per tile
   static constexpr int KS = D / 8;         // 8-wide steps over the head dim
-  static constexpr int SP = D + 4;         // scratch row pitch (floats)
-  static constexpr std::size_t scratch_bytes = 2 * std::size_t(BK) * SP * sizeof(float) + 64;
-  using policy_type =
-      Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<NT, ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_PER_SM>>;
+  // Scratch layouts, so that each lane's B fragment is one 8-byte load and a
+  // warp's loads hit distinct banks: K rows (pitch SK) hold each 8-column
+  // group as (0,4,1,5,2,6,3,7); V holds key pairs interleaved, element
+  // (j, e) at (j/2)·2·SV + 2e + j%2.
+  static constexpr int SK = D + 8, SV = D + 4;
+  static constexpr std::size_t scratch_bytes = std::size_t(BK) * (SK + SV) * sizeof(float) + 64;
+  static constexpr int teams_per_sm = D == 64 ? ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_64 : ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_128;
+  using policy_type = Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<NT, teams_per_sm>>;
   using member = typename policy_type::member_type;
   using norm_t = typename A::norm_type;
   using score_t = typename A::score_type;
@@ -678,10 +689,13 @@ struct cuda_mma_kernel {
   bool causal;
 
 #ifdef __CUDA_ARCH__
+  // big: x rounded to TF32 (half an ulp added, then truncated: two integer
+  // ops, where cvt.rna.tf32 costs about five on sm_90); small: the exact rest
+  // x − big, whose low 13 bits the MMA ignores (truncation), as in CUTLASS's
+  // fast-fp32 converter. Finite inputs only (NaN/Inf are not preserved).
   __device__ static void split(float x, std::uint32_t& big, std::uint32_t& small) {
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(big) : "f"(x));
-    const float r = x - __uint_as_float(big);
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(small) : "f"(r));
+    big = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+    small = __float_as_uint(x - __uint_as_float(big));
   }
   // d += a·b, one m16n8k8 TF32 MMA.
   __device__ static void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
@@ -715,8 +729,8 @@ struct cuda_mma_kernel {
     const std::size_t h0 = hk * g.group + hc * g.hs, hn = math::min(g.hs, g.group - hc * g.hs);
     const std::size_t i0 = qt * g.ni, i1 = math::min(i0 + g.ni, p.tq);
     const std::size_t nr = (i1 - i0) * hn;
-    float* ks = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * SP * sizeof(float), 16));
-    float* vs = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * SP * sizeof(float), 16));
+    float* ks = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * SK * sizeof(float), 16));
+    float* vs = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * SV * sizeof(float), 16));
 
     // This lane's two rows: u = 0 is row gq of the warp's 16, u = 1 row gq + 8.
     // qa: Q's A fragments (scaled), qa[s] = {Q[gq][8s+tq], Q[gq+8][8s+tq], Q[gq][8s+tq+4], Q[gq+8][8s+tq+4]}.
@@ -778,17 +792,21 @@ struct cuda_mma_kernel {
           kx = *reinterpret_cast<const float4*>(kbase + (j0 + row) * kst + col);
           vx = *reinterpret_cast<const float4*>(v.row(b, hk, j0 + row) + col);
         }
-        *reinterpret_cast<float4*>(ks + row * SP + col) = kx;
-        *reinterpret_cast<float4*>(vs + row * SP + col) = vx;
+        float* kd = ks + row * SK + (col & ~7) + (col & 4) / 4;  // columns c..c+3 of a group go to 2c', 2c'+2, ...
+        kd[0] = kx.x, kd[2] = kx.y, kd[4] = kx.z, kd[6] = kx.w;
+        float* vd = vs + (row / 2) * 2 * SV + 2 * col + row % 2;
+        vd[0] = vx.x, vd[2] = vx.y, vd[4] = vx.z, vd[6] = vx.w;
       }
       t.team_barrier();
 
       // S = Q·Kᵀ: s[n] holds S(gq, 8n+2tq+z) in s[n][z] and S(gq+8, 8n+2tq+z) in s[n][2+z].
-      float s[NB][4];
+      // The cross terms go to their own accumulators (sx): twice the
+      // independent MMA chains, and the small terms summed before the big.
+      float s[NB][4], sx[NB][4];
       ATTNSINK_UNROLL
       for (int n = 0; n < NB; ++n)
         ATTNSINK_UNROLL
-        for (int z = 0; z < 4; ++z) s[n][z] = 0.0f;
+        for (int z = 0; z < 4; ++z) s[n][z] = sx[n][z] = 0.0f;
       ATTNSINK_UNROLL
       for (int k8 = 0; k8 < KS; ++k8) {
         std::uint32_t ab[4], as[4];
@@ -796,10 +814,19 @@ struct cuda_mma_kernel {
         for (int z = 0; z < 4; ++z) split(qa[k8][z], ab[z], as[z]);
         ATTNSINK_UNROLL
         for (int n = 0; n < NB; ++n) {
-          const float* kp = ks + (8 * n + gq) * SP + 8 * k8 + tq;
-          mma3(s[n], ab, as, kp[0], kp[4]);
+          const float2 kb = *reinterpret_cast<const float2*>(ks + (8 * n + gq) * SK + 8 * k8 + 2 * tq);
+          std::uint32_t bb0, bs0, bb1, bs1;
+          split(kb.x, bb0, bs0);
+          split(kb.y, bb1, bs1);
+          mma(sx[n], as, bb0, bb1);
+          mma(sx[n], ab, bs0, bs1);
+          mma(s[n], ab, bb0, bb1);
         }
       }
+      ATTNSINK_UNROLL
+      for (int n = 0; n < NB; ++n)
+        ATTNSINK_UNROLL
+        for (int z = 0; z < 4; ++z) s[n][z] += sx[n][z];
 
       // Scores to weights, per row, where the accumulators lie.
       const bool part = vis == tile_visibility::partial;
@@ -868,9 +895,12 @@ struct cuda_mma_kernel {
         split(s[n][2], pb[1], ps[1]);
         split(s[n][1], pb[2], ps[2]);
         split(s[n][3], pb[3], ps[3]);
-        const float* vp = vs + (8 * n + 2 * tq) * SP + gq;
+        const float* vp = vs + (4 * n + tq) * 2 * SV + 2 * gq;
         ATTNSINK_UNROLL
-        for (int e = 0; e < KS; ++e) mma3(o[e], pb, ps, vp[8 * e], vp[SP + 8 * e]);
+        for (int e = 0; e < KS; ++e) {
+          const float2 vb = *reinterpret_cast<const float2*>(vp + 16 * e);
+          mma3(o[e], pb, ps, vb.x, vb.y);
+        }
       }
     }
 
