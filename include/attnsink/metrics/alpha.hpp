@@ -140,6 +140,22 @@ struct alpha_map {
   }
 };
 
+namespace detail {
+// A map of samples × heads α (and α_* with a bias) set to zero, for a route to fill.
+inline alpha_map zero_alpha_map(std::size_t samples, std::size_t heads, std::size_t tokens, std::size_t k,
+                                proxy weights, bool with_bias) {
+  alpha_map out;
+  out.samples = samples;
+  out.heads = heads;
+  out.tokens = tokens;
+  out.k = k;
+  out.weights = weights;
+  out.alpha.resize(samples * heads);
+  if (with_bias) out.alpha_bias.resize(samples * heads);
+  return out;
+}
+}  // namespace detail
+
 // Sink_k^ε over every (sample, layer, head) of the maps (one per layer): the
 // indicator is taken per sample, then averaged. at_bias: Sink* instead.
 inline double sink_rate(std::span<const alpha_map> layers, double eps, bool at_bias = false) {
@@ -181,14 +197,7 @@ alpha_map alphas(weights_view<T> w, const options& opt, proxy px = proxy::none) 
     throw shape_error("probs", "expected non-empty (samples, heads, tokens, tokens) weights");
   opt.check(w.tokens);
   const std::size_t T_ = w.tokens, cols = w.cols(), off = w.bias_column ? 1 : 0, col = opt.k - 1;
-  alpha_map out;
-  out.samples = w.batch;
-  out.heads = w.heads;
-  out.tokens = T_;
-  out.k = opt.k;
-  out.weights = px;
-  out.alpha.resize(w.batch * w.heads);
-  if (w.bias_column) out.alpha_bias.resize(w.batch * w.heads);
+  alpha_map out = detail::zero_alpha_map(w.batch, w.heads, T_, opt.k, px, w.bias_column);
   const mean r;
   for (std::size_t b = 0; b < w.batch; ++b)
     for (std::size_t h = 0; h < w.heads; ++h) {
@@ -309,6 +318,28 @@ struct absolute_weights : N {
   template <class T> ATTNSINK_HD T weight(T s, T m) const { return math::fabs(N::weight(s, m)); }
 };
 
+// Calls run(unit) with `a`'s unit-value attention — its weights made absolute
+// (unless they cannot be negative) and v* = 1 — so that a forward pass of unit
+// over values 1 gives each row's mass Σ_j p (Σ_j |p|): row_mass on every
+// backend. value_error("bias") when the bias has a key/value it cannot set.
+template <attention_type A, class Run>
+void with_unit_values(const A& a, Run&& run) {
+  using N = typename A::norm_type;
+  using Bias = typename A::bias_type;
+  using N2 = std::conditional_t<N::non_negative, N, absolute_weights<N>>;
+  if constexpr (Bias::has_kv && !std::is_same_v<Bias, bias::kv_bias>) {
+    throw value_error("bias", "row masses can set the value of bias::kv_bias only");
+  } else {
+    attention<typename A::score_type, N2, Bias, typename A::pos_type, typename A::mask_type> unit{
+        a.score, N2{a.norm}, a.bias, a.pos, a.mask};
+    if constexpr (Bias::has_kv) {
+      unit.bias.v = {};
+      unit.bias.vconst = 1.0;
+    }
+    run(unit);
+  }
+}
+
 template <attention_type A>
 inline constexpr bool norm_has_state = A::norm_type::tracks_max || A::norm_type::has_denominator;
 
@@ -355,24 +386,13 @@ problem check_stream(const A& a, const tensor4<const T>& q, const tensor4<const 
 // o_t is the sum itself and no tokens × tokens buffer is formed.
 template <class Backend, attention_type A, class T>
 std::vector<double> row_mass(const Backend& be, const A& a, tensor4<const T> q, tensor4<const T> k) {
-  using N = typename A::norm_type;
-  using Bias = typename A::bias_type;
-  using N2 = std::conditional_t<N::non_negative, N, detail::absolute_weights<N>>;
-  if constexpr (Bias::has_kv && !std::is_same_v<Bias, bias::kv_bias>) {
-    throw value_error("bias", "row masses can set the value of bias::kv_bias only");
-  } else {
-    attention<typename A::score_type, N2, Bias, typename A::pos_type, typename A::mask_type> unit{
-        a.score, N2{a.norm}, a.bias, a.pos, a.mask};
-    if constexpr (Bias::has_kv) {
-      unit.bias.v = {};
-      unit.bias.vconst = 1.0;
-    }
+  std::vector<T> sums(q.batch * q.heads * q.tokens);
+  detail::with_unit_values(a, [&](const auto& unit) {
     const std::vector<T> ones(k.batch * k.heads * k.tokens, T(1));
-    std::vector<T> sums(q.batch * q.heads * q.tokens);
     forward(be, unit, q, k, tensor4<const T>(ones.data(), k.batch, k.heads, k.tokens, 1),
             tensor4<T>(sums.data(), q.batch, q.heads, q.tokens, 1));
-    return std::vector<double>(sums.begin(), sums.end());
-  }
+  });
+  return std::vector<double>(sums.begin(), sums.end());
 }
 
 // α_k (and α_*) per (sample, head) streamed from q, k and the row state a
@@ -388,14 +408,7 @@ alpha_map alphas_streamed(const Backend& be, const A& a, tensor4<const T> q, ten
   constexpr bool has_kv = A::bias_type::has_kv;
   const std::size_t d = p.dim, df = a.score.feature_dim(d), group = p.heads / p.kv_heads, col = opt.k - 1;
 
-  alpha_map out;
-  out.samples = p.batch;
-  out.heads = p.heads;
-  out.tokens = p.tq;
-  out.k = opt.k;
-  out.weights = px;
-  out.alpha.resize(p.batch * p.heads);
-  if (has_kv) out.alpha_bias.resize(p.batch * p.heads);
+  alpha_map out = detail::zero_alpha_map(p.batch, p.heads, p.tq, opt.k, px, has_kv);
   std::vector<double> x(d), kf(df), ks(df);
   for (std::size_t b = 0; b < p.batch; ++b)
     for (std::size_t hk = 0; hk < p.kv_heads; ++hk) {

@@ -41,36 +41,25 @@ template <class E, attention_type A, class T>
 Kokkos::View<double*, typename E::memory_space> row_mass(const backend::kokkos<E>& be, const A& a,
                                                          tensor4<const T> q, tensor4<const T> k) {
   using Mem = typename E::memory_space;
-  using N = typename A::norm_type;
-  using Bias = typename A::bias_type;
-  using N2 = std::conditional_t<N::non_negative, N, detail::absolute_weights<N>>;
-  if constexpr (Bias::has_kv && !std::is_same_v<Bias, bias::kv_bias>) {
-    throw value_error("bias", "row masses can set the value of bias::kv_bias only");
-  } else {
-    attention<typename A::score_type, N2, Bias, typename A::pos_type, typename A::mask_type> unit{
-        a.score, N2{a.norm}, a.bias, a.pos, a.mask};
-    if constexpr (Bias::has_kv) {
-      unit.bias.v = {};
-      unit.bias.vconst = 1.0;
-    }
-    const std::size_t rows = q.batch * q.heads * q.tokens;
+  const std::size_t rows = q.batch * q.heads * q.tokens;
+  Kokkos::View<T*, Mem> sums(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("attnsink::row_mass")), rows);
+  // no KOKKOS_LAMBDA inside the generic lambda (nvcc refuses extended lambdas there)
+  detail::with_unit_values(a, [&](const auto& unit) {
     Kokkos::View<T*, Mem> ones(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("attnsink::ones")),
                                k.batch * k.heads * k.tokens);
     Kokkos::deep_copy(ones, T(1));
-    Kokkos::View<T*, Mem> sums(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("attnsink::row_mass")),
-                               rows);
     forward_device(be, unit, q, k, tensor4<const T>(ones.data(), k.batch, k.heads, k.tokens, 1),
                    tensor4<T>(sums.data(), q.batch, q.heads, q.tokens, 1));
-    Kokkos::View<double*, Mem> out(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("attnsink::row_mass64")),
-                                   rows);
-    const T* s = sums.data();
-    double* o = out.data();
-    Kokkos::parallel_for(
-        "attnsink::kokkos::row_mass", Kokkos::RangePolicy<E>(be.space, 0, rows),
-        KOKKOS_LAMBDA(const std::size_t r) { o[r] = double(s[r]); });
-    be.space.fence();
-    return out;
-  }
+  });
+  Kokkos::View<double*, Mem> out(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("attnsink::row_mass64")),
+                                 rows);
+  const T* s = sums.data();
+  double* o = out.data();
+  Kokkos::parallel_for(
+      "attnsink::kokkos::row_mass", Kokkos::RangePolicy<E>(be.space, 0, rows),
+      KOKKOS_LAMBDA(const std::size_t r) { o[r] = double(s[r]); });
+  be.space.fence();
+  return out;
 }
 
 // Key col's features per (sample, kv head): rotated at its position, mapped;
@@ -169,14 +158,7 @@ alpha_map run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor
   Kokkos::parallel_for("attnsink::kokkos::alpha", policy, kern);
   be.space.fence();
   const auto hres = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), res);
-  alpha_map out;
-  out.samples = p.batch;
-  out.heads = p.heads;
-  out.tokens = p.tq;
-  out.k = opt.k;
-  out.weights = px;
-  out.alpha.resize(p.batch * p.heads);
-  if (has_kv) out.alpha_bias.resize(p.batch * p.heads);
+  alpha_map out = detail::zero_alpha_map(p.batch, p.heads, p.tq, opt.k, px, has_kv);
   for (std::size_t i = 0; i < p.batch * p.heads; ++i) {
     out.alpha[i] = hres(2 * i);
     if (has_kv) out.alpha_bias[i] = hres(2 * i + 1);
