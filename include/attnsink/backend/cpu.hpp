@@ -310,6 +310,28 @@ inline void norm_vec(const N& n, const simd<T>& s, const simd<T>& m, simd<T>& w,
 
 // --- the small (row-major) kernel's pieces
 
+#if defined(__AVX512F__)
+// The 16 dot products of 4 rows × 4 keys from their accumulators acc[key][row]
+// (each a vector of partial sums): 128-bit block r of the result holds row
+// r's dot products with keys 0..3, in key order. Shuffles and adds, no
+// horizontal add per dot product.
+inline __m512 reduce_4x4(const __m512 (&acc)[4][4]) {
+  __m512 y[4];
+  for (int k = 0; k < 4; ++k) {
+    const __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(acc[k][0], acc[k][1], 0x44),
+                                     _mm512_shuffle_f32x4(acc[k][0], acc[k][1], 0xEE));
+    const __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(acc[k][2], acc[k][3], 0x44),
+                                     _mm512_shuffle_f32x4(acc[k][2], acc[k][3], 0xEE));
+    // block r: row r's 4 partial sums
+    y[k] = _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, 0x88), _mm512_shuffle_f32x4(x01, x23, 0xDD));
+  }
+  const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(y[0], y[1]), _mm512_unpackhi_ps(y[0], y[1]));
+  const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(y[2], y[3]), _mm512_unpackhi_ps(y[2], y[3]));
+  return _mm512_add_ps(_mm512_shuffle_ps(s01, s23, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_ps(s01, s23, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+#endif
+
 // s[r·ld + jj] = q_r · k_jj for r < nr (nr a multiple of 4), jj < nk.
 template <class T>
 inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std::size_t kstride, std::size_t nk, T* s,
@@ -318,7 +340,35 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
   const std::size_t dfv = df - df % W;
   for (std::size_t r = 0; r < nr; r += 4) {
     const T *q0 = q + r * df, *q1 = q0 + df, *q2 = q1 + df, *q3 = q2 + df;
-    for (std::size_t jj = 0; jj < nk; ++jj) {
+    std::size_t jj = 0;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float> && W == 16) {
+      // 4 keys × 4 rows at a time: each loaded q and k vector feeds 4 FMAs.
+      if (dfv == df)
+        for (; jj + 4 <= nk; jj += 4) {
+          const T* kr = keys + jj * kstride;
+          __m512 acc[4][4];
+          for (auto& ak : acc)
+            for (auto& x : ak) x = _mm512_setzero_ps();
+          for (std::size_t c = 0; c < df; c += W) {
+            const __m512 qv[4] = {_mm512_loadu_ps(q0 + c), _mm512_loadu_ps(q1 + c), _mm512_loadu_ps(q2 + c),
+                                  _mm512_loadu_ps(q3 + c)};
+#pragma GCC unroll 4
+            for (std::size_t k = 0; k < 4; ++k) {
+              const __m512 kv = _mm512_loadu_ps(kr + k * kstride + c);
+#pragma GCC unroll 4
+              for (std::size_t u = 0; u < 4; ++u) acc[k][u] = _mm512_fmadd_ps(qv[u], kv, acc[k][u]);
+            }
+          }
+          const __m512 d = reduce_4x4(acc);
+          _mm_storeu_ps(s + r * ld + jj, _mm512_castps512_ps128(d));
+          _mm_storeu_ps(s + (r + 1) * ld + jj, _mm512_extractf32x4_ps(d, 1));
+          _mm_storeu_ps(s + (r + 2) * ld + jj, _mm512_extractf32x4_ps(d, 2));
+          _mm_storeu_ps(s + (r + 3) * ld + jj, _mm512_extractf32x4_ps(d, 3));
+        }
+    }
+#endif
+    for (; jj < nk; ++jj) {
       const T* kr = keys + jj * kstride;
       simd<T> a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
       for (std::size_t c = 0; c < dfv; c += W) {
@@ -414,7 +464,7 @@ inline T exp_shift_sum(T* x, std::size_t n, T m) {
   simd<T> sv(T(0));
   std::size_t j = 0;
   for (; j + W <= n; j += W) {
-    const simd<T> e = xsimd::exp(simd<T>::load_unaligned(x + j) - mv);
+    const simd<T> e = fast_exp<T>(simd<T>::load_unaligned(x + j) - mv);
     e.store_unaligned(x + j);
     sv += e;
   }
