@@ -236,23 +236,32 @@ inline simd<T> sigmoid_fast(const simd<T>& x, T b) {
 #if defined(__AVX512F__)
     if constexpr (simd<T>::size == 16) {
       // e^{-(x+b)} = 2^t, t = -(x + b)·log2(e) clamped to [-150, 115]: 2^t is
-      // then a normal or zero float and 1 + 2^t finite; t = n + f with n an
-      // integer and |f| <= 1/2; 2^f by its degree-6 Taylor polynomial
-      // (relative error below 2e-7), 2^n by scalef.
+      // then a normal float or zero and 1 + 2^t finite. Adding 1.5·2^18 (ulp
+      // 1/32) rounds t to k = n + j/32 (n an integer, 0 <= j < 32) and leaves j
+      // in the sum's low 5 bits; r = t - k, |r| <= 1/64. 2^{j/32} from a
+      // 32-entry table (one permute), 2^r by 1 + r·(c1 + c2·r) (c1 tuned for the
+      // dropped cubic term: relative error below 1e-7), 2^n by scalef, which
+      // takes the floor of its exponent.
+      alignas(64) static constexpr float tab[32] = {
+          1.000000000e+00f, 1.021897149e+00f, 1.044273782e+00f, 1.067140401e+00f, 1.090507733e+00f, 1.114386743e+00f,
+          1.138788635e+00f, 1.163724859e+00f, 1.189207115e+00f, 1.215247360e+00f, 1.241857812e+00f, 1.269050957e+00f,
+          1.296839555e+00f, 1.325236643e+00f, 1.354255547e+00f, 1.383909882e+00f, 1.414213562e+00f, 1.445180807e+00f,
+          1.476826146e+00f, 1.509164428e+00f, 1.542210825e+00f, 1.575980845e+00f, 1.610490332e+00f, 1.645755478e+00f,
+          1.681792831e+00f, 1.718619298e+00f, 1.756252160e+00f, 1.794709075e+00f, 1.834008086e+00f, 1.874167634e+00f,
+          1.915206561e+00f, 1.957144124e+00f};
       const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
       __m512 t = _mm512_fnmsub_ps(x, l2e, _mm512_set1_ps(b * 1.44269504088896341f));
       t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-150.0f)), _mm512_set1_ps(115.0f));
-      const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512 f = _mm512_sub_ps(t, n);
-      __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.5403530393381609e-4f), f, _mm512_set1_ps(1.3333558146428443e-3f));
-      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
-      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
-      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
-      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
-      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-      const __m512 y = _mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.0f));
-      const __m512 r = _mm512_rcp14_ps(y);
-      return _mm512_mul_ps(r, _mm512_fnmadd_ps(y, r, _mm512_set1_ps(2.0f)));
+      const __m512 magic = _mm512_set1_ps(393216.0f);
+      const __m512 u = _mm512_add_ps(t, magic);
+      const __m512 k = _mm512_sub_ps(u, magic);
+      const __m512 r = _mm512_sub_ps(t, k);
+      const __m512 tj = _mm512_permutex2var_ps(_mm512_load_ps(tab), _mm512_castps_si512(u), _mm512_load_ps(tab + 16));
+      const __m512 q = _mm512_fmadd_ps(r, _mm512_set1_ps(0.2402265070f), _mm512_set1_ps(0.6931573437f));
+      const __m512 e = _mm512_fmadd_ps(_mm512_mul_ps(tj, r), q, tj);
+      const __m512 y = _mm512_add_ps(_mm512_scalef_ps(e, k), _mm512_set1_ps(1.0f));
+      const __m512 rc = _mm512_rcp14_ps(y);
+      return _mm512_mul_ps(rc, _mm512_fnmadd_ps(y, rc, _mm512_set1_ps(2.0f)));
     }
 #endif
     const simd<T> y = simd<T>(T(1)) + fast_exp<T>(xsimd::min(simd<T>(-b) - x, simd<T>(T(80))));
@@ -533,11 +542,19 @@ struct kernel {
   // Weights that need no row state (sigmoid, elu+1, identity) are formed in
   // the score block's registers as it is stored, saving a pass over Sᵀ;
   // normalize() then only zeroes masked lanes.
-  // The sigmoid is not fused: its exponential and reciprocal need a dozen
-  // constants, which beside a block's 24 accumulators spill registers; its own
-  // pass over Sᵀ keeps them in registers and runs faster.
+  // The sigmoid is fused only with AVX-512's float form (sigmoid_fast): its
+  // constants then spill a few accumulators once per block, after the
+  // product's loop, which stays spill-free. Elsewhere its exponential and
+  // reciprocal need more constants than 16-register targets hold beside a
+  // block's accumulators, and its own pass over Sᵀ runs faster.
+#if defined(__AVX512F__)
+  static constexpr bool sigmoid_fuses = std::is_same_v<T, float> && simd<T>::size == 16;
+#else
+  static constexpr bool sigmoid_fuses = false;
+#endif
   static constexpr bool fused = vec_norm<norm_t> && !norm_t::tracks_max && !norm_t::has_denominator &&
-                                !score_t::has_post && !bias_t::additive && !std::is_same_v<norm_t, norm::sigmoid>;
+                                !score_t::has_post && !bias_t::additive &&
+                                (sigmoid_fuses || !std::is_same_v<norm_t, norm::sigmoid>);
   static constexpr std::size_t W = simd<T>::size;
 
   const A& a;
