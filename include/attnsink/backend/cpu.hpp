@@ -341,6 +341,33 @@ inline __m512 reduce_4x4(const __m512 (&acc)[4][4]) {
 }
 #endif
 
+#if defined(__AVX512F__)
+// r[j] lane i <- r[i] lane j: a 16 × 16 float transpose in registers
+// (64 shuffles for what would be 256 strided scalar moves).
+inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+#endif
+
 // s[r·ld + jj] = q_r · k_jj for r < nr (nr a multiple of 4), jj < nk.
 template <class T>
 inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std::size_t kstride, std::size_t nk, T* s,
@@ -493,7 +520,7 @@ struct segment {
 template <class T>
 struct scratch {
   // wide kernel: features × rows, keys × rows, value dims × rows, and per-row lanes
-  aligned_vector<T> qt, st, ot, m, l, lo, hi, slope, qposf, lanes;
+  aligned_vector<T> qt, st, ot, m, l, lo, hi, slope, qposf, lanes, stage, wkv;
   // small kernel: rows × features, rows × keys, rows × value dims
   aligned_vector<T> q, s, acc, x;
   std::vector<std::size_t> head, qrow;
@@ -509,8 +536,9 @@ struct scratch {
     qt.assign(df * rows, T(0));
     st.assign(bk * rows, T(0));
     ot.assign(dv * rows, T(0));
-    for (auto* v : {&m, &l, &lo, &hi, &slope, &qposf}) v->assign(rows, T(0));
+    for (auto* v : {&m, &l, &lo, &hi, &slope, &qposf, &wkv}) v->assign(rows, T(0));
     lanes.assign(2 * simd<T>::size, T(0));
+    stage.assign(simd<T>::size * df, T(0));
     x.assign(2 * dmax, T(0));
     head.assign(rows, 0);
     qrow.assign(rows, 0);
@@ -611,35 +639,92 @@ struct kernel {
   }
 
   // ---- wide kernel: rows are SIMD lanes (see the top of this file)
+
+  // Lane r of a wide tile: setup_row's features into feat, the lane's key
+  // range and position terms, and (m, l) with the bias key folded in (its
+  // weight into wkv).
+  void setup_lane(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, std::size_t r, T* feat,
+                  const T* kstar) const {
+    const row_init init = setup_row(sc, b, hk, i0, r, feat);
+    sc.lo[r] = T(sc.range[r].lo);
+    sc.hi[r] = T(sc.range[r].hi);
+    if constexpr (alibi_fast) {
+      sc.slope[r] = T(a.bias.slope(sc.head[r], p.heads));
+      sc.qposf[r] = T(sc.qpos[r]);
+    }
+    T m = T(init.m), l = T(init.l);
+    if constexpr (has_kv) sc.wkv[r] = bias_key(feat, kstar, m, l);
+    (void)kstar;
+    sc.m[r] = m;
+    sc.l[r] = l;
+  }
+
+  // W staged rows of df features → W adjacent columns of Qᵀ (stride R).
+  void stage_to_columns(const T* stage, T* qcol, std::size_t R) const {
+    std::size_t e0 = 0;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float> && W == 16)
+      for (; e0 + 16 <= df; e0 += 16) {
+        __m512 x[16];
+        for (std::size_t i = 0; i < 16; ++i) x[i] = _mm512_loadu_ps(stage + i * df + e0);
+        transpose16(x);
+        for (std::size_t i = 0; i < 16; ++i) _mm512_store_ps(qcol + (e0 + i) * R, x[i]);
+      }
+#endif
+    for (std::size_t e = e0; e < df; ++e)
+      for (std::size_t i = 0; i < W; ++i) qcol[e * R + i] = stage[i * df + e];
+  }
+
+  // Rows [r0, r0 + W) of Oᵀ, each times its finish factor, into the output.
+  void columns_to_rows(scratch<T>& sc, std::size_t b, std::size_t r0, const T* ot, std::size_t R) const {
+    alignas(64) T f[W];
+    T* o[W];
+    for (std::size_t i = 0; i < W; ++i) {
+      const std::size_t r = r0 + i;
+      f[i] = a.norm.finish(sc.m[r], sc.l[r]);
+      o[i] = out.row(b, sc.head[r], sc.qrow[r]);
+      write_stats(sc, b, r);
+    }
+    std::size_t e0 = 0;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float> && W == 16)
+      for (; e0 + 16 <= dv; e0 += 16) {
+        __m512 x[16];
+        for (std::size_t i = 0; i < 16; ++i) x[i] = _mm512_load_ps(ot + (e0 + i) * R + r0);
+        transpose16(x);
+        for (std::size_t i = 0; i < 16; ++i) _mm512_storeu_ps(o[i] + e0, _mm512_mul_ps(x[i], _mm512_set1_ps(f[i])));
+      }
+#endif
+    for (std::size_t i = 0; i < W; ++i)
+      for (std::size_t e = e0; e < dv; ++e) o[i][e] = ot[e * R + r0 + i] * f[i];
+  }
   void wide_tile(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, const T* keys, std::size_t kstride,
                  const T* kstar) const {
     const std::size_t R = rows;  // lanes per tile, a multiple of W
     const std::size_t i1 = std::min(i0 + ni, p.tq), nr = (i1 - i0) * group, nv = (nr + W - 1) / W;
     T *qt = sc.qt.data(), *st = sc.st.data(), *ot = sc.ot.data();
     std::fill(ot, ot + dv * R, T(0));
-    T* feat = sc.x.data() + std::max(d, df);
+    // Each row's query features go to row r % W of the stage; a full stage
+    // (W rows) is transposed into Qᵀ's columns.
+    T* const stage = sc.stage.data();
     for (std::size_t r = 0; r < R; ++r) {
+      T* feat = stage + (r % W) * df;
       if (r >= nr) {  // padding lanes: zero queries, an empty key range
-        for (std::size_t e = 0; e < df; ++e) qt[e * R + r] = T(0);
-        sc.m[r] = sc.l[r] = sc.lo[r] = sc.hi[r] = sc.slope[r] = sc.qposf[r] = T(0);
+        std::fill(feat, feat + df, T(0));
+        sc.m[r] = sc.l[r] = sc.lo[r] = sc.hi[r] = sc.slope[r] = sc.qposf[r] = sc.wkv[r] = T(0);
         sc.range[r] = {0, 0};
-        continue;
+      } else {
+        setup_lane(sc, b, hk, i0, r, feat, kstar);
       }
-      const row_init init = setup_row(sc, b, hk, i0, r, feat);
-      for (std::size_t e = 0; e < df; ++e) qt[e * R + r] = feat[e];
-      sc.lo[r] = T(sc.range[r].lo);
-      sc.hi[r] = T(sc.range[r].hi);
-      if constexpr (alibi_fast) {
-        sc.slope[r] = T(a.bias.slope(sc.head[r], p.heads));
-        sc.qposf[r] = T(sc.qpos[r]);
+      if (r % W == W - 1) stage_to_columns(stage, qt + (r + 1 - W), R);
+    }
+    if constexpr (has_kv) {
+      // the bias key's value: Oᵀ starts as v* ⊗ (its weight per row)
+      for (std::size_t e = 0; e < dv; ++e) {
+        const simd<T> vs(T(a.bias.vstar(hk, e, dv)));
+        for (std::size_t g = 0; g < R; g += W)
+          (simd<T>::load_aligned(sc.wkv.data() + g) * vs).store_aligned(ot + e * R + g);
       }
-      T m = T(init.m), l = T(init.l);
-      if constexpr (has_kv) {
-        const T w = bias_key(feat, kstar, m, l);
-        for (std::size_t e = 0; e < dv; ++e) ot[e * R + r] = w * T(a.bias.vstar(hk, e, dv));
-      }
-      sc.m[r] = m;
-      sc.l[r] = l;
     }
     // Per row vector g: the keys any of its rows sees [span_lo, span_hi), and
     // the keys all of them see [full_lo, full_hi) (empty when it holds padding).
@@ -705,7 +790,9 @@ struct kernel {
                    sg.hi - sg.lo, ot + sg.g0 * W, R);
       }
     }
-    for (std::size_t r = 0; r < nr; ++r) {
+    std::size_t r = 0;
+    for (; r + W <= nr; r += W) columns_to_rows(sc, b, r, ot, R);
+    for (; r < nr; ++r) {
       const T f = a.norm.finish(sc.m[r], sc.l[r]);
       T* o = out.row(b, sc.head[r], sc.qrow[r]);
       for (std::size_t e = 0; e < dv; ++e) o[e] = ot[e * R + r] * f;
