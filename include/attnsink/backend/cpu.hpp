@@ -626,8 +626,17 @@ struct kernel {
   // The key/value bias key, seen first by every row, with no mask, positions or
   // additive bias: folds it into (m, l) and returns its weight (times v*).
   T bias_key(const T* feat, const T* kstar, T& m, T& l) const {
-    T s = 0;
-    for (std::size_t e = 0; e < df; ++e) s += feat[e] * kstar[e];
+    // in vectors: a scalar sum is one dependent add chain of df links per row
+    simd<T> acc0(T(0)), acc1(T(0));
+    std::size_t e = 0;
+    for (; e + 2 * W <= df; e += 2 * W) {
+      acc0 = xsimd::fma(simd<T>::load_unaligned(feat + e), simd<T>::load_unaligned(kstar + e), acc0);
+      acc1 = xsimd::fma(simd<T>::load_unaligned(feat + e + W), simd<T>::load_unaligned(kstar + e + W), acc1);
+    }
+    for (; e + W <= df; e += W)
+      acc0 = xsimd::fma(simd<T>::load_unaligned(feat + e), simd<T>::load_unaligned(kstar + e), acc0);
+    T s = xsimd::hadd(acc0 + acc1);
+    for (; e < df; ++e) s += feat[e] * kstar[e];
     s = a.score.post(s);
     if constexpr (norm_t::tracks_max) {
       const T mn = std::max(m, s);
