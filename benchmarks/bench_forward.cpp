@@ -81,7 +81,14 @@ void BM_fma_peak(benchmark::State& state) {
   state.counters["simd_width"] = double(xsimd::batch<float>::size);
 }
 
-// Copy bandwidth over `bytes` (STREAM convention: read + written bytes per second).
+// Copy bandwidth over `bytes`, decode's reference: a source and a
+// destination of `bytes` each, both written before timing (no page faults
+// timed); one contiguous slice per benchmark thread, each copied by memcpy
+// in one TBB task; wall time of the whole copy, best of `reps`; GB/s =
+// 2·bytes / time (STREAM convention: bytes read + bytes written; the
+// destination's write-allocate reads, where memcpy does not stream its
+// stores, are not counted). Decode's GB/s counts K and V bytes read once, so
+// copy_frac = decode read rate / copy's read + write rate.
 std::map<std::size_t, double> g_copy;
 
 double copy_gbs(std::size_t bytes, int reps) {
