@@ -13,9 +13,9 @@
 //
 // On Kokkos::Cuda, float operands with head dim = value dim ∈ {64, 128},
 // 16-byte aligned rows, no kv-bias key, no feature map and no explicit
-// team_rows / key_tile take a register-blocked kernel instead
-// (cuda_forward_kernel below: a row split over several lanes, two rows per
-// thread); everything else takes the generic kernel.
+// team_rows / key_tile take a tensor-core kernel instead (cuda_mma_kernel
+// below: mma.sync TF32 with the 3xTF32 split, fp32-accurate, as torch's fp32
+// SDPA does); everything else takes the generic kernel.
 //
 // Entry points:
 //   forward(backend::kokkos<E>{}, attn, q, k, v, out, stats)         host pointers (mirrored)
@@ -362,311 +362,53 @@ void launch(const backend::kokkos<E>& be, const A& a, const problem& p, layout g
 }
 
 #if defined(KOKKOS_ENABLE_CUDA)
-#ifndef ATTNSINK_KOKKOS_CUDA_TEAMS_PER_SM
-#define ATTNSINK_KOKKOS_CUDA_TEAMS_PER_SM 2
-#endif
-#ifndef ATTNSINK_KOKKOS_CUDA_COLS  // head-dim columns of a row per lane
-#define ATTNSINK_KOKKOS_CUDA_COLS 32
-#endif
-#ifndef ATTNSINK_KOKKOS_CUDA_ROWS  // rows per thread
-#define ATTNSINK_KOKKOS_CUDA_ROWS 2
-#endif
-#ifndef ATTNSINK_KOKKOS_CUDA_CHUNK  // keys folded per step
-#define ATTNSINK_KOKKOS_CUDA_CHUNK 4
-#endif
-#ifndef ATTNSINK_KOKKOS_CUDA_TILE  // floats per K (and per V) scratch tile
-#define ATTNSINK_KOKKOS_CUDA_TILE 4096
-#endif
-// The CUDA path for float, head dim D ∈ {64, 128} (= value dim), no kv-bias
-// key and no feature map (RoPE is fine: keys are prepared as in the generic
-// kernel). Why not the generic kernel: one thread per row reads every K/V
-// value with a broadcast shared-memory load that feeds a single FMA, needs
-// ~255 registers for a 128-wide row, and recomputes ALiBi's double pow per
-// score. Here a row is split over L = D/32 consecutive lanes (32 columns of q
-// and of the accumulator each) and every thread carries TM = 2 rows, so each
-// 16-byte scratch load feeds 8 FMAs and q + acc take 128 registers. Partial
-// dot products are summed across the L lanes with xor shuffles (commutative
-// adds: every lane gets bit-identical scores, so all lanes take the same
-// max/rescale decisions). Exponential-family norms and sigmoid use the fast
-// exp (ex2.approx); ALiBi's slope is computed once per row.
-template <class A, int D>
-struct cuda_forward_kernel {
-  static constexpr int W = ATTNSINK_KOKKOS_CUDA_COLS;  // columns per lane
-  static constexpr int L = D / W;                       // lanes per row
-  static constexpr int NC = W / 4;                      // float4 chunks per lane
-  static constexpr int TM = ATTNSINK_KOKKOS_CUDA_ROWS;  // rows per thread
-  static_assert(W % 4 == 0 && D % W == 0 && L <= 32 && (L & (L - 1)) == 0,
-                "attnsink: ATTNSINK_KOKKOS_CUDA_COLS must split the head dim into a power-of-two number of lanes");
-  static constexpr int NT = 128;         // threads per team
-  static constexpr int R = NT / L * TM;  // rows per team (default geometry: 128 at D=64, 64 at D=128)
-  static constexpr int BK = ATTNSINK_KOKKOS_CUDA_TILE / D;  // keys per tile (default: K and V take 32 KiB of scratch)
-  static constexpr int CH = ATTNSINK_KOKKOS_CUDA_CHUNK;  // keys per chunk (divides BK)
-  static_assert(BK % CH == 0, "attnsink: ATTNSINK_KOKKOS_CUDA_CHUNK must divide the key tile");
-  static constexpr std::size_t scratch_bytes = 2 * std::size_t(BK) * D * sizeof(float) + 64;
-  // Teams per SM the register allocation must allow. 2 (the default) lets
-  // ptxas use 255 registers with no spills (8 warps per SM); 3 caps it at 168
-  // and spills ~450 bytes per thread: on the H200 that was 10-35% slower
-  // (benchmarks/kokkos/RESULTS.md).
-  using policy_type = Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<NT, ATTNSINK_KOKKOS_CUDA_TEAMS_PER_SM>>;
-  using member = typename policy_type::member_type;
-  using norm_t = typename A::norm_type;
-  using score_t = typename A::score_type;
-  using bias_t = typename A::bias_type;
-  static constexpr bool exp_norm = std::is_base_of_v<norm::exp_family, norm_t>;
-
-  A a;
-  tensor4<const float> q, v;
-  const float* keys;
-  std::size_t ksb, ksh, kst;
-  tensor4<float> out;
-  row_stats<float> stats;
-  problem p;
-  layout g;
-  float c;
-  bool causal;
-
-  KOKKOS_INLINE_FUNCTION void operator()(const member& t) const {
-#ifdef __CUDA_ARCH__
-    const int tr = t.team_rank();
-    const int lane = tr % L, grp = tr / L;
-    const std::size_t lr = t.league_rank();
-    // Query tiles run last-to-first: under a causal mask the longest rows start first.
-    const std::size_t per = p.batch * p.kv_heads * g.hchunks;
-    const std::size_t qt = g.qtiles - 1 - lr / per, rest = lr % per;
-    const std::size_t hc = rest % g.hchunks, pr = rest / g.hchunks;
-    const std::size_t b = pr / p.kv_heads, hk = pr % p.kv_heads;
-    const std::size_t h0 = hk * g.group + hc * g.hs, hn = math::min(g.hs, g.group - hc * g.hs);
-    const std::size_t i0 = qt * g.ni, i1 = math::min(i0 + g.ni, p.tq);
-    const std::size_t nr = (i1 - i0) * hn;
-    float* ks = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * D * sizeof(float), 16));
-    float* vs = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * D * sizeof(float), 16));
-
-    // Per-row indices in 32 bits (extents < 2^31): 64-bit ones cost two
-    // registers each, and registers are what bounds the team count per SM.
-    float qr[TM][W], acc[TM][W], m[TM], l[TM], slope[TM];
-    int ri[TM], rh[TM], qp[TM], klo[TM], khi[TM];
-    bool act[TM];
-    ATTNSINK_UNROLL
-    for (int u = 0; u < TM; ++u) {
-      const std::size_t rho = std::size_t(grp * TM + u);
-      act[u] = rho < nr;
-      ri[u] = int(i0 + (act[u] ? rho / hn : 0));
-      rh[u] = int(h0 + (act[u] ? rho % hn : 0));
-      qp[u] = int(mask::detail::qpos(std::size_t(ri[u]), p.tq, p.tk));
-      const float* src = q.row(b, std::size_t(rh[u]), std::size_t(ri[u]));
-      if (a.pos.rotates()) {
-        float x[D];  // apply() takes a pointer: the only array that may live in local memory
-        for (int e = 0; e < D; ++e) x[e] = src[e];
-        a.pos.apply(x, std::size_t(D), std::ptrdiff_t(qp[u]), 1);
-        ATTNSINK_UNROLL
-        for (int k4 = 0; k4 < NC; ++k4)
-          ATTNSINK_UNROLL
-          for (int z = 0; z < 4; ++z) qr[u][4 * k4 + z] = x[4 * (lane + L * k4) + z] * c;
-      } else {
-        ATTNSINK_UNROLL
-        for (int k4 = 0; k4 < NC; ++k4) {
-          const float4 x = *reinterpret_cast<const float4*>(src + 4 * (lane + L * k4));
-          qr[u][4 * k4] = x.x * c, qr[u][4 * k4 + 1] = x.y * c, qr[u][4 * k4 + 2] = x.z * c, qr[u][4 * k4 + 3] = x.w * c;
-        }
-      }
-      ATTNSINK_UNROLL
-      for (int e = 0; e < W; ++e) acc[u][e] = 0.0f;
-      const row_init init = a.norm.init(std::size_t(rh[u]));
-      m[u] = float(init.m);
-      l[u] = float(init.l);
-      const key_range kr = a.mask.range(b, std::size_t(ri[u]), p.tq, p.tk);
-      klo[u] = int(kr.lo);
-      khi[u] = int(kr.hi);
-      if constexpr (std::is_same_v<bias_t, bias::alibi>) slope[u] = float(a.bias.slope(std::size_t(rh[u]), p.heads));
-      else slope[u] = 0.0f;
-    }
-
-    const key_range first = a.mask.range(b, i0, p.tq, p.tk), last = a.mask.range(b, i1 - 1, p.tq, p.tk);
-    const float* kbase = keys + b * ksb + hk * ksh;
-    for (std::size_t j0 = first.lo / BK * BK; j0 < last.hi; j0 += BK) {
-      const int nk = int(math::min(std::size_t(BK), p.tk - j0));
-      const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
-      if (vis == tile_visibility::skip) continue;  // team-uniform: barriers stay matched
-      t.team_barrier();
-      // 16-byte loads, consecutive threads on consecutive addresses; rows past
-      // the sequence are zeros (their weights are 0, and 0 · 0 stays finite).
-      ATTNSINK_UNROLL
-      for (int idx = tr; idx < BK * D / 4; idx += NT) {
-        const int row = idx / (D / 4), col = 4 * (idx % (D / 4));
-        float4 kx{0, 0, 0, 0}, vx{0, 0, 0, 0};
-        if (row < nk) {
-          kx = *reinterpret_cast<const float4*>(kbase + (j0 + row) * kst + col);
-          vx = *reinterpret_cast<const float4*>(v.row(b, hk, j0 + row) + col);
-        }
-        *reinterpret_cast<float4*>(ks + row * D + col) = kx;
-        *reinterpret_cast<float4*>(vs + row * D + col) = vx;
-      }
-      t.team_barrier();
-      // Keys [lo, hi) of this tile that some row sees (team-uniform, so every
-      // lane runs the shuffles); per-row bounds mask the rest.
-      int lo = 0, hi = nk, rlo[TM], rhi[TM];
-      if (vis == tile_visibility::partial) {
-        lo = first.lo > j0 ? int(math::min(first.lo - j0, std::size_t(nk))) : 0;
-        hi = last.hi > j0 ? int(math::min(last.hi - j0, std::size_t(nk))) : 0;
-        lo = lo / CH * CH;  // BK is a multiple of CH: chunks stay inside the tile
-      }
-      ATTNSINK_UNROLL
-      for (int u = 0; u < TM; ++u) {
-        const bool part = vis == tile_visibility::partial;
-        rlo[u] = part ? math::min(math::max(klo[u] - int(j0), 0), nk) : 0;
-        rhi[u] = part ? math::min(math::max(khi[u] - int(j0), 0), nk) : nk;
-      }
-      for (int jj = lo; jj < hi; jj += CH) {
-        float s[TM][CH];
-        ATTNSINK_UNROLL
-        for (int u = 0; u < TM; ++u)
-          ATTNSINK_UNROLL
-          for (int kk = 0; kk < CH; ++kk) s[u][kk] = 0.0f;
-        ATTNSINK_UNROLL
-        for (int kk = 0; kk < CH; ++kk) {
-          const float* kp = ks + (jj + kk) * D + 4 * lane;
-          ATTNSINK_UNROLL
-          for (int k4 = 0; k4 < NC; ++k4) {
-            const float4 x = *reinterpret_cast<const float4*>(kp + 4 * L * k4);
-            ATTNSINK_UNROLL
-            for (int u = 0; u < TM; ++u)
-              s[u][kk] += qr[u][4 * k4] * x.x + qr[u][4 * k4 + 1] * x.y + qr[u][4 * k4 + 2] * x.z +
-                          qr[u][4 * k4 + 3] * x.w;
-          }
-        }
-        ATTNSINK_UNROLL
-        for (int u = 0; u < TM; ++u)
-          ATTNSINK_UNROLL
-          for (int kk = 0; kk < CH; ++kk)
-            ATTNSINK_UNROLL
-            for (int o = 1; o < L; o <<= 1) s[u][kk] += __shfl_xor_sync(0xffffffffu, s[u][kk], o);
-        ATTNSINK_UNROLL
-        for (int u = 0; u < TM; ++u) {
-          float mx = math::neg_inf<float>();
-          bool seen[CH];
-          ATTNSINK_UNROLL
-          for (int kk = 0; kk < CH; ++kk) {
-            const int j = jj + kk;
-            seen[kk] = j >= rlo[u] && j < rhi[u];
-            float x = s[u][kk];
-            if constexpr (score_t::has_post) x = a.score.post(x);
-            if constexpr (std::is_same_v<bias_t, bias::alibi>) {
-              x -= slope[u] * float(qp[u] - int(j0) - j);
-            } else if constexpr (bias_t::additive) {
-              if (seen[kk])  // no lookup past the row's keys
-                x += float(a.bias.value(
-                    site{b, std::size_t(rh[u]), p.heads, std::ptrdiff_t(qp[u]), std::ptrdiff_t(j0 + j),
-                         std::size_t(ri[u]), p.tq, p.tk, causal}));
-            }
-            s[u][kk] = x;
-            if (seen[kk]) mx = math::max(mx, x);
-          }
-          if constexpr (norm_t::tracks_max) {
-            if (mx > m[u]) {
-              const float f = exp_norm ? __expf(m[u] - mx) : kokkos_compat::exp(m[u] - mx);
-              l[u] *= f;
-              ATTNSINK_UNROLL
-              for (int e = 0; e < W; ++e) acc[u][e] *= f;
-              m[u] = mx;
-            }
-          }
-          ATTNSINK_UNROLL
-          for (int kk = 0; kk < CH; ++kk) {
-            float w;
-            if constexpr (exp_norm) {
-              w = __expf(s[u][kk] - m[u]);
-              if (!seen[kk]) w = 0.0f;
-              l[u] += w;
-            } else if constexpr (std::is_same_v<norm_t, norm::sigmoid>) {
-              w = seen[kk] ? __fdividef(1.0f, 1.0f + __expf(-(s[u][kk] + float(a.norm.bias)))) : 0.0f;
-            } else {
-              w = seen[kk] ? a.norm.weight(s[u][kk], m[u]) : 0.0f;
-              if constexpr (norm_t::has_denominator) l[u] += seen[kk] ? a.norm.mass(s[u][kk], m[u]) : 0.0f;
-            }
-            s[u][kk] = w;
-          }
-        }
-        ATTNSINK_UNROLL
-        for (int kk = 0; kk < CH; ++kk) {
-          const float* vp = vs + (jj + kk) * D + 4 * lane;
-          ATTNSINK_UNROLL
-          for (int k4 = 0; k4 < NC; ++k4) {
-            const float4 x = *reinterpret_cast<const float4*>(vp + 4 * L * k4);
-            ATTNSINK_UNROLL
-            for (int u = 0; u < TM; ++u) {
-              acc[u][4 * k4] += s[u][kk] * x.x;
-              acc[u][4 * k4 + 1] += s[u][kk] * x.y;
-              acc[u][4 * k4 + 2] += s[u][kk] * x.z;
-              acc[u][4 * k4 + 3] += s[u][kk] * x.w;
-            }
-          }
-        }
-      }
-    }
-    ATTNSINK_UNROLL
-    for (int u = 0; u < TM; ++u) {
-      if (!act[u]) continue;
-      const float f = a.norm.finish(m[u], l[u]);
-      float* o = out.row(b, std::size_t(rh[u]), std::size_t(ri[u])) + 4 * lane;
-      ATTNSINK_UNROLL
-      for (int k4 = 0; k4 < NC; ++k4)
-        *reinterpret_cast<float4*>(o + 4 * L * k4) =
-            float4{acc[u][4 * k4] * f, acc[u][4 * k4 + 1] * f, acc[u][4 * k4 + 2] * f, acc[u][4 * k4 + 3] * f};
-      if (lane == 0) {
-        const std::size_t row = (b * p.heads + std::size_t(rh[u])) * p.tq + std::size_t(ri[u]);
-        if (stats.max) stats.max[row] = m[u];
-        if (stats.sum) stats.sum[row] = l[u];
-      }
-    }
-#else
-    (void)t;
-    Kokkos::abort("attnsink: the CUDA forward kernel ran on the host");
-#endif
-  }
-};
-
-#ifndef ATTNSINK_KOKKOS_CUDA_MMA  // 1: the tensor-core kernel below; 0: the SIMT kernel above
-#define ATTNSINK_KOKKOS_CUDA_MMA 1
-#endif
 #ifndef ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_64  // launch bound (teams per SM) at head dim 64
-#define ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_64 3
+#define ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_64 2
 #endif
 #ifndef ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_128  // and at 128
 #define ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_128 2
 #endif
-#ifndef ATTNSINK_KOKKOS_CUDA_MMA_BK_128  // keys per tile at head dim 128 (64 at 64)
+#ifndef ATTNSINK_KOKKOS_CUDA_MMA_BK_64  // keys per tile at head dim 64
+#define ATTNSINK_KOKKOS_CUDA_MMA_BK_64 64
+#endif
+#ifndef ATTNSINK_KOKKOS_CUDA_MMA_BK_128  // and at 128
 #define ATTNSINK_KOKKOS_CUDA_MMA_BK_128 32
 #endif
-// The tensor-core path for the same cases as cuda_forward_kernel, at fp32
-// accuracy: both products (S = Q·Kᵀ and O += P·V) run on mma.sync m16n8k8
-// TF32 instructions with the 3xTF32 split (CUTLASS's "fast fp32"; it is what
-// torch's fp32 SDPA does on this GPU). Each fp32 operand x is split into
-// big = tf32(x) and small = x − big; a·b is accumulated in fp32 as
+// The CUDA path for float, head dim D ∈ {64, 128} (= value dim), no kv-bias
+// key and no feature map (RoPE is fine: keys are prepared as in the generic
+// kernel), at fp32 accuracy on the tensor cores: both products (S = Q·Kᵀ
+// and O += P·V) run on mma.sync m16n8k8 TF32 instructions with the 3xTF32
+// split (CUTLASS's "fast fp32", which torch's fp32 SDPA also runs). Each fp32
+// operand x is split into big = tf32(x) and small = x − big; a·b is accumulated in fp32 as
 // small_a·big_b + big_a·small_b + big_a·big_b, dropping the small·small term
 // and the small parts' bits past TF32 (≲ 2⁻²¹ |a||b| together) beside fp32's
 // own rounding. The tests hold it to the same tolerances as every backend.
 //
 // A team is 4 warps; a warp owns 16 query rows for the whole key range (no
-// cross-warp reduction). Per K/V tile of BK keys in scratch (rows padded by 4
-// floats: the fragment loads are bank-conflict free) a warp computes its
+// cross-warp reduction). Per K/V tile of BK keys in scratch (padded rows:
+// the fragment loads are bank-conflict free) a warp computes its
 // 16 × BK scores as MMA accumulators, applies the policy per score (post,
 // bias, mask, normalization) where they lie, and feeds them back as the A
 // operand of P·V: the C fragment of S holds keys (2t, 2t + 1) of a row where
 // the A fragment wants (t, t + 4), so keys are renumbered inside each block
-// of 8 and V's B fragment reads the matching rows — no shuffle. A row's max is
-// reduced over the 4 lanes of a quad (xor shuffles: every lane sees the same
-// bits); each lane keeps a partial denominator, summed over the quad at the end.
+// of 8 and V's B fragment reads the matching rows — no shuffle (the head dim
+// is renumbered the same way for Q·Kᵀ, so K's fragment is 8 contiguous bytes).
+// A row's max is reduced over the 4 lanes of a quad (xor shuffles: every lane
+// sees the same bits); each lane keeps a partial denominator, summed over the
+// quad at the end. K/V tiles are copied by cp.async one step ahead (see the
+// tile loop). On the H200: 1.09–1.68× torch's fp32 SDPA
+// (benchmarks/kokkos/RESULTS.md).
 template <class A, int D>
 struct cuda_mma_kernel {
   static constexpr int NT = 128;           // threads per team: 4 warps
   static constexpr int R = 64;             // query rows per team: 16 per warp
-  static constexpr int BK = D == 64 ? 64 : ATTNSINK_KOKKOS_CUDA_MMA_BK_128;  // keys per tile
+  static constexpr int BK = D == 64 ? ATTNSINK_KOKKOS_CUDA_MMA_BK_64 : ATTNSINK_KOKKOS_CUDA_MMA_BK_128;  // keys per tile
   static constexpr int NB = BK / 8;        // 8-key blocks per tile
   static constexpr int KS = D / 8;         // 8-wide steps over the head dim
-  // Scratch layouts, so that each lane's B fragment is one 8-byte load and a
-  // warp's loads hit distinct banks: K rows (pitch SK) hold each 8-column
-  // group as (0,4,1,5,2,6,3,7); V holds key pairs interleaved, element
-  // (j, e) at (j/2)·2·SV + 2e + j%2.
+  // Scratch rows are padded so that a warp's fragment loads hit distinct
+  // banks: K rows (pitch SK ≡ 8 mod 32) are read 8 bytes at a time, V rows
+  // (pitch SV ≡ 4 mod 32) 4 bytes at a time. Rows stay whole, so the copy
+  // engine (cp.async) fills them straight from global memory.
   static constexpr int SK = D + 8, SV = D + 4;
   static constexpr std::size_t scratch_bytes = std::size_t(BK) * (SK + SV) * sizeof(float) + 64;
   static constexpr int teams_per_sm = D == 64 ? ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_64 : ATTNSINK_KOKKOS_CUDA_MMA_TEAMS_128;
@@ -696,6 +438,28 @@ struct cuda_mma_kernel {
   __device__ static void split(float x, std::uint32_t& big, std::uint32_t& small) {
     big = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
     small = __float_as_uint(x - __uint_as_float(big));
+  }
+  // 16 bytes global → scratch without registers; zeros when !valid.
+  __device__ static void copy16(float* dst, const float* src, bool valid) {
+    const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+  }
+  __device__ static void commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+  __device__ static void wait_all_but_last() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+  // Rows [0, BK) of a K (or V) tile at key j0 into dst (pitch P); rows past nk are zeros.
+  // A thread copies one 16-byte column of every RS-th row; the loop stays
+  // rolled, so no per-row addresses are kept live across the tile.
+  template <int P>
+  __device__ static void load_tile(float* dst, const float* src, std::size_t stride, std::size_t j0, int nk, int tr) {
+    constexpr int CW = D / 4, RS = NT / CW;
+    static_assert(NT % CW == 0, "attnsink: a team pass must cover whole rows");
+    const int col = 4 * (tr % CW);
+    int row = tr / CW;
+    float* d = dst + row * P + col;
+    const float* sp = src + (j0 + std::size_t(row)) * stride + col;
+#pragma unroll 1
+    for (; row < BK; row += RS, d += RS * P, sp += RS * stride) copy16(d, row < nk ? sp : src, row < nk);
   }
   // d += a·b, one m16n8k8 TF32 MMA.
   __device__ static void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
@@ -733,7 +497,10 @@ struct cuda_mma_kernel {
     float* vs = static_cast<float*>(t.team_scratch(0).get_shmem_aligned(BK * SV * sizeof(float), 16));
 
     // This lane's two rows: u = 0 is row gq of the warp's 16, u = 1 row gq + 8.
-    // qa: Q's A fragments (scaled), qa[s] = {Q[gq][8s+tq], Q[gq+8][8s+tq], Q[gq][8s+tq+4], Q[gq+8][8s+tq+4]}.
+    // qa: Q's A fragments (scaled). The head dim is renumbered inside each
+    // group of 8 (MMA slot tq ↔ column 2tq, slot tq+4 ↔ column 2tq+1), so
+    // that K's B fragment is two adjacent floats:
+    // qa[s] = {Q[gq][8s+2tq], Q[gq+8][8s+2tq], Q[gq][8s+2tq+1], Q[gq+8][8s+2tq+1]}.
     float qa[KS][4], o[KS][4], m[2], l[2], slope[2];
     int ri[2], rh[2], qp[2], klo[2], khi[2];
     bool act[2];
@@ -751,14 +518,15 @@ struct cuda_mma_kernel {
         a.pos.apply(x, std::size_t(D), std::ptrdiff_t(qp[u]), 1);
         ATTNSINK_UNROLL
         for (int s = 0; s < KS; ++s) {
-          qa[s][u] = x[8 * s + tq] * c;
-          qa[s][u + 2] = x[8 * s + tq + 4] * c;
+          qa[s][u] = x[8 * s + 2 * tq] * c;
+          qa[s][u + 2] = x[8 * s + 2 * tq + 1] * c;
         }
       } else {
         ATTNSINK_UNROLL
         for (int s = 0; s < KS; ++s) {
-          qa[s][u] = src[8 * s + tq] * c;
-          qa[s][u + 2] = src[8 * s + tq + 4] * c;
+          const float2 x = *reinterpret_cast<const float2*>(src + 8 * s + 2 * tq);
+          qa[s][u] = x.x * c;
+          qa[s][u + 2] = x.y * c;
         }
       }
       const row_init init = a.norm.init(std::size_t(rh[u]));
@@ -777,26 +545,31 @@ struct cuda_mma_kernel {
 
     const key_range first = a.mask.range(b, i0, p.tq, p.tk), last = a.mask.range(b, i1 - 1, p.tq, p.tk);
     const float* kbase = keys + b * ksb + hk * ksh;
-    for (std::size_t j0 = first.lo / BK * BK; j0 < last.hi; j0 += BK) {
+    const float* vbase = v.row(b, hk, 0);
+    // The next tile at or after j that the mask does not hide (team-uniform), or last.hi.
+    auto next = [&](std::size_t j) {
+      for (; j < last.hi; j += BK)
+        if (classify(a.mask, b, i0, i1, j, math::min(j + BK, p.tk), p.tq, p.tk) != tile_visibility::skip) return j;
+      return std::size_t(last.hi);
+    };
+    // A pipeline over the copy engine: K of the next tile is copied while this
+    // tile's scores become weights and meet V; V of the next tile while its
+    // scores are computed. Copy groups, in order: K0, V0, K1, V1, ...; each
+    // wait leaves only the most recent group in flight. Rows past the
+    // sequence are zeros (their weights are 0, and 0 · 0 stays finite).
+    std::size_t j0 = next(first.lo / BK * BK);
+    if (j0 < last.hi) {
+      const int nk = int(math::min(std::size_t(BK), p.tk - j0));
+      load_tile<SK>(ks, kbase, kst, j0, nk, tr);
+      commit();
+      load_tile<SV>(vs, vbase, v.stride_t, j0, nk, tr);
+      commit();
+    }
+    while (j0 < last.hi) {
       const int nk = int(math::min(std::size_t(BK), p.tk - j0));
       const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
-      if (vis == tile_visibility::skip) continue;  // team-uniform: barriers stay matched
-      t.team_barrier();
-      // 16-byte loads, consecutive threads on consecutive addresses; rows past
-      // the sequence are zeros (their weights are 0, and 0 · 0 stays finite).
-      ATTNSINK_UNROLL
-      for (int idx = tr; idx < BK * D / 4; idx += NT) {
-        const int row = idx / (D / 4), col = 4 * (idx % (D / 4));
-        float4 kx{0, 0, 0, 0}, vx{0, 0, 0, 0};
-        if (row < nk) {
-          kx = *reinterpret_cast<const float4*>(kbase + (j0 + row) * kst + col);
-          vx = *reinterpret_cast<const float4*>(v.row(b, hk, j0 + row) + col);
-        }
-        float* kd = ks + row * SK + (col & ~7) + (col & 4) / 4;  // columns c..c+3 of a group go to 2c', 2c'+2, ...
-        kd[0] = kx.x, kd[2] = kx.y, kd[4] = kx.z, kd[6] = kx.w;
-        float* vd = vs + (row / 2) * 2 * SV + 2 * col + row % 2;
-        vd[0] = vx.x, vd[2] = vx.y, vd[4] = vx.z, vd[6] = vx.w;
-      }
+      const std::size_t jn = next(j0 + BK);
+      wait_all_but_last();  // K of this tile is in
       t.team_barrier();
 
       // S = Q·Kᵀ: s[n] holds S(gq, 8n+2tq+z) in s[n][z] and S(gq+8, 8n+2tq+z) in s[n][2+z].
@@ -809,12 +582,16 @@ struct cuda_mma_kernel {
         for (int z = 0; z < 4; ++z) s[n][z] = sx[n][z] = 0.0f;
       ATTNSINK_UNROLL
       for (int k8 = 0; k8 < KS; ++k8) {
+        // Q's split is the same for every tile; kept inside the loop on
+        // purpose (an opaque register move): hoisted, its 2·D/2 registers spill.
+        float q4[4] = {qa[k8][0], qa[k8][1], qa[k8][2], qa[k8][3]};
+        asm volatile("" : "+f"(q4[0]), "+f"(q4[1]), "+f"(q4[2]), "+f"(q4[3]));
         std::uint32_t ab[4], as[4];
         ATTNSINK_UNROLL
-        for (int z = 0; z < 4; ++z) split(qa[k8][z], ab[z], as[z]);
+        for (int z = 0; z < 4; ++z) split(q4[z], ab[z], as[z]);
         ATTNSINK_UNROLL
         for (int n = 0; n < NB; ++n) {
-          const float2 kb = *reinterpret_cast<const float2*>(ks + (8 * n + gq) * SK + 8 * k8 + 2 * tq);
+          const float2 kb = *reinterpret_cast<const float2*>(ks + (8 * n + gq) * SK + 8 * k8 + 2 * tq);  // slots tq, tq+4
           std::uint32_t bb0, bs0, bb1, bs1;
           split(kb.x, bb0, bs0);
           split(kb.y, bb1, bs1);
@@ -827,6 +604,9 @@ struct cuda_mma_kernel {
       for (int n = 0; n < NB; ++n)
         ATTNSINK_UNROLL
         for (int z = 0; z < 4; ++z) s[n][z] += sx[n][z];
+      t.team_barrier();  // every warp is done with this K tile
+      if (jn < last.hi) load_tile<SK>(ks, kbase, kst, jn, int(math::min(std::size_t(BK), p.tk - jn)), tr);
+      commit();
 
       // Scores to weights, per row, where the accumulators lie.
       const bool part = vis == tile_visibility::partial;
@@ -888,6 +668,8 @@ struct cuda_mma_kernel {
 
       // O += P·V: block n's A fragment is {P(gq, 2tq), P(gq+8, 2tq), P(gq, 2tq+1), P(gq+8, 2tq+1)}
       // (keys renumbered 2tq → tq, 2tq+1 → tq+4), V's B fragment rows 2tq and 2tq+1 to match.
+      wait_all_but_last();  // V of this tile is in
+      t.team_barrier();
       ATTNSINK_UNROLL
       for (int n = 0; n < NB; ++n) {
         std::uint32_t pb[4], ps[4];
@@ -895,13 +677,14 @@ struct cuda_mma_kernel {
         split(s[n][2], pb[1], ps[1]);
         split(s[n][1], pb[2], ps[2]);
         split(s[n][3], pb[3], ps[3]);
-        const float* vp = vs + (4 * n + tq) * 2 * SV + 2 * gq;
+        const float* vp = vs + (8 * n + 2 * tq) * SV + gq;
         ATTNSINK_UNROLL
-        for (int e = 0; e < KS; ++e) {
-          const float2 vb = *reinterpret_cast<const float2*>(vp + 16 * e);
-          mma3(o[e], pb, ps, vb.x, vb.y);
-        }
+        for (int e = 0; e < KS; ++e) mma3(o[e], pb, ps, vp[8 * e], vp[SV + 8 * e]);
       }
+      t.team_barrier();  // every warp is done with this V tile
+      if (jn < last.hi) load_tile<SV>(vs, vbase, v.stride_t, jn, int(math::min(std::size_t(BK), p.tk - jn)), tr);
+      commit();
+      j0 = jn;
     }
 
     ATTNSINK_UNROLL
@@ -933,7 +716,7 @@ bool aligned16(tensor4<const T> x) {
          x.stride_b % 4 == 0;
 }
 
-// Runs the CUDA path when it applies (see cuda_forward_kernel); false: use the generic kernel.
+// Runs the CUDA path when it applies (see cuda_mma_kernel); false: use the generic kernel.
 template <class A, class T, class E>
 bool run_cuda(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<const T> q, tensor4<const T> k,
               tensor4<const T> v, tensor4<T> out, row_stats<T> stats) {
@@ -943,7 +726,7 @@ bool run_cuda(const backend::kokkos<E>& be, const A& a, const problem& p, tensor
     if (be.team_rows || be.key_tile || p.vdim != p.dim || (p.dim != 64 && p.dim != 128)) return false;
     if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(tensor4<const T>(out))) return false;
     auto go = [&]<int D>() {
-      using K = std::conditional_t<ATTNSINK_KOKKOS_CUDA_MMA != 0, cuda_mma_kernel<A, D>, cuda_forward_kernel<A, D>>;
+      using K = cuda_mma_kernel<A, D>;
       layout g{};
       g.d = g.df = g.dfp = g.dv = g.dvp = D;
       g.group = p.heads / p.kv_heads;
@@ -986,10 +769,21 @@ bool run_cuda(const backend::kokkos<E>&, const A&, const problem&, tensor4<const
 }
 #endif
 
+// The largest head, feature and value dim the kernels are compiled for
+// (64, 128 or 256): every capacity up to it is instantiated per attention
+// type and device kernel, so a CUDA build of many types (the test programs)
+// compiles about a third faster with 128.
+#ifndef ATTNSINK_KOKKOS_MAX_DIM
+#define ATTNSINK_KOKKOS_MAX_DIM 256
+#endif
+static_assert(ATTNSINK_KOKKOS_MAX_DIM == 64 || ATTNSINK_KOKKOS_MAX_DIM == 128 || ATTNSINK_KOKKOS_MAX_DIM == 256,
+              "attnsink: ATTNSINK_KOKKOS_MAX_DIM must be 64, 128 or 256");
+inline constexpr int max_dim = ATTNSINK_KOKKOS_MAX_DIM;
+
 // Fills the head, feature and value dims (and their 4-padded widths) and the
 // GQA group of a launch geometry G (the forward's layout, the backward's
 // geometry); returns the register capacity they need. Throws value_error
-// ("q") past 256: the kernels keep a row in registers.
+// ("q") past max_dim: the kernels keep a row in registers.
 template <class G, class A>
 std::size_t set_dims(G& g, const A& a, const problem& p) {
   g.d = p.dim;
@@ -999,8 +793,9 @@ std::size_t set_dims(G& g, const A& a, const problem& p) {
   g.dvp = round4(g.dv);
   g.group = p.heads / p.kv_heads;
   const std::size_t need = std::max({round4(g.d), g.dfp, g.dvp});
-  if (need > 256)
-    throw value_error("q", "the kokkos backend supports head, feature and value dims up to 256, got " +
+  if (need > std::size_t(max_dim))
+    throw value_error("q", "the kokkos backend supports head, feature and value dims up to " +
+                               std::to_string(max_dim) + " (ATTNSINK_KOKKOS_MAX_DIM), got " +
                                std::to_string(std::max({g.d, g.df, g.dv})));
   return need;
 }
@@ -1040,11 +835,11 @@ void run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<con
     launch<Cap>(be, a, p, g, q, k, v, out, stats);
   };
   if constexpr (host) {
-    go.template operator()<256>();
+    go.template operator()<max_dim>();
   } else {
-    if (need <= 64) go.template operator()<64>();
-    else if (need <= 128) go.template operator()<128>();
-    else go.template operator()<256>();
+    if (need <= 64 || max_dim == 64) go.template operator()<64>();
+    else if (need <= 128 || max_dim == 128) go.template operator()<(max_dim < 128 ? max_dim : 128)>();
+    else go.template operator()<max_dim>();
   }
 }
 

@@ -599,12 +599,13 @@ void run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<con
   ge.chunk = ge.np ? 256 : 1;
   ge.qchunks = (p.batch * p.heads * p.tq + ge.chunk - 1) / ge.chunk;
   ge.nchunks = ge.qchunks + (p.batch * p.kv_heads * p.tk + ge.chunk - 1) / ge.chunk;
+  using kokkos_detail::max_dim;
   if constexpr (host) {
-    launch<256>(be, pl, out, sm, sl);
+    launch<max_dim>(be, pl, out, sm, sl);
   } else {
-    if (need <= 64) launch<64>(be, pl, out, sm, sl);
-    else if (need <= 128) launch<128>(be, pl, out, sm, sl);
-    else launch<256>(be, pl, out, sm, sl);
+    if (need <= 64 || max_dim == 64) launch<64>(be, pl, out, sm, sl);
+    else if (need <= 128 || max_dim == 128) launch<(max_dim < 128 ? max_dim : 128)>(be, pl, out, sm, sl);
+    else launch<max_dim>(be, pl, out, sm, sl);
   }
 }
 
