@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -189,5 +192,85 @@ void expect_backward_matches(const Backend& be, const A& a, const test::operands
   expect("dv", got.dv, ref.dv);
   for (std::size_t i = 0; i < slots.size(); ++i) expect(slots[i].name.c_str(), got.params[i], ref.params[i]);
 }
+
+// Tiles smaller than the problem both ways (be carries them), with learnable
+// biases and feature maps: a t5 table under softcap, a tensor bias under
+// sigmoid, an MLP feature map, a sink logit with a kv-bias key — every mask.
+template <class Backend>
+void expect_learnable_params_match(const Backend& be, std::initializer_list<std::size_t> tokens, std::uint64_t seed) {
+  for (std::size_t t : tokens) {
+    const operands p(2, 4, 2, t, t, 12, 12, seed + t);
+    std::vector<double> table = round_to_float(random_vector(4 * 32, seed + 1 + t, 0.5));
+    std::vector<double> B = round_to_float(random_vector(2 * 4 * t * t, seed + 2 + t));
+    std::vector<double> w = round_to_float(random_vector(8 * 12 + 6 * 8, seed + 3 + t, 0.5));
+    std::vector<double> sink = round_to_float(random_vector(4, seed + 4 + t));
+    std::vector<double> ks = round_to_float(random_vector(2 * 12, seed + 5 + t));
+    std::vector<double> vs = round_to_float(random_vector(2 * 12, seed + 6 + t));
+    for (const auto& m : masks_for(t)) {
+      INFO("tokens " << t << " mask kind " << int(m.which) << ":" << m.param);
+      using t5_attn = attention<score::softcap<>, norm::softmax, bias::t5_relative, pos::rope, mask::dynamic>;
+      t5_attn a1{{{}, 3.0}, {}, {32, 128, param_ref(table.data(), table.size())}, {}, m};
+      expect_backward_matches(be, a1, p, {{"dt5", &table, &param_grads<double>::bias}}, t);
+      using tensor_attn = attention<score::scaled_dot, norm::sigmoid, bias::tensor, pos::nope, mask::dynamic>;
+      tensor_attn a2{{}, {{}, -1.0}, {param_ref(B.data(), B.size())}, {}, m};
+      expect_backward_matches(be, a2, p, {{"dbias", &B, &param_grads<double>::bias}}, t + 1);
+      using mlp_attn =
+          attention<score::mlp_kernel, norm::normalized<fn::elu_plus_one>, bias::none, pos::rope, mask::dynamic>;
+      mlp_attn a3{{param_ref(w.data(), 8 * 12), param_ref(w.data() + 8 * 12, 6 * 8), 8, 6, true}, {}, {}, {}, m};
+      expect_backward_matches(be, a3, p, {{"dW1,dW2", &w, &param_grads<double>::score}}, t + 2);
+      using sink_kv = attention<score::scaled_dot, norm::sink_logit, bias::kv_bias, pos::rope, mask::dynamic>;
+      sink_kv a4{{}, {{}, param_ref(sink.data(), 4)}, {param_ref(ks.data(), ks.size()), param_ref(vs.data(), vs.size())}, {}, m};
+      expect_backward_matches(be, a4, p,
+                              {{"dsink", &sink, &param_grads<double>::sink},
+                               {"dkstar", &ks, &param_grads<double>::kstar},
+                               {"dvstar", &vs, &param_grads<double>::vstar}},
+                              t + 3);
+    }
+  }
+}
+
+// A document mask (two sequences of uneven documents) under softpick + ALiBi + RoPE.
+template <class Backend>
+void expect_document_mask_matches(const Backend& be, std::uint64_t seed) {
+  const operands p(2, 2, 1, 50, 50, 16, 16, seed);
+  std::vector<std::int32_t> ids(100);
+  for (std::size_t i = 0; i < 100; ++i) ids[i] = std::int32_t((i % 50) / 13 + (i / 50) * 10);
+  const auto starts = mask::document_starts(ids.data(), 2, 50);
+  attention<score::scaled_dot, norm::softpick, bias::alibi, pos::rope, mask::document> a{};
+  a.mask.start = starts.data();
+  expect_backward_matches(be, a, p, {}, seed + 1);
+}
+
+// The operands and learnable parameters of the determinism tests: a sink logit
+// with a kv-bias key under RoPE and a causal mask (a), a t5 table (bt).
+struct determinism_case {
+  using A = attention<score::scaled_dot, norm::sink_logit, bias::kv_bias, pos::rope, mask::causal>;
+  using B = attention<score::scaled_dot, norm::softmax, bias::t5_relative, pos::nope, mask::none>;
+  operands p;
+  std::vector<double> sink, ks, vs, table;
+  std::vector<param_slot> slots, tslot;
+  A a;
+  B bt;
+  std::vector<float> dO;
+  tensor4<const float> dout;
+  determinism_case(std::size_t t, std::uint64_t seed)
+      : p(2, 4, 2, t, t, 32, 32, seed),
+        sink(round_to_float(random_vector(4, seed + 1))),
+        ks(round_to_float(random_vector(2 * 32, seed + 2))),
+        vs(round_to_float(random_vector(2 * 32, seed + 3))),
+        table(round_to_float(random_vector(4 * 32, seed + 4))),
+        slots{{"dsink", &sink, &param_grads<double>::sink},
+              {"dkstar", &ks, &param_grads<double>::kstar},
+              {"dvstar", &vs, &param_grads<double>::vstar}},
+        tslot{{"dt5", &table, &param_grads<double>::bias}},
+        a{{}, {{}, param_ref(sink.data(), 4)}, {param_ref(ks.data(), ks.size()), param_ref(vs.data(), vs.size())}},
+        bt{{}, {}, {32, 128, param_ref(table.data(), table.size())}},
+        dO(cast<float>(random_vector(p.out_size(), seed + 5))),
+        dout(dO.data(), 2, 4, t, 32) {}
+  determinism_case(const determinism_case&) = delete;  // slots and a point into the members
+  static bool same_bits(const std::vector<float>& x, const std::vector<float>& y) {
+    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+  }
+};
 
 }  // namespace attnsink::test

@@ -56,35 +56,7 @@ TEMPLATE_LIST_TEST_CASE("cpu backward matches the reference backward", "[backwar
 TEST_CASE("cpu backward with small tiles, learnable biases and feature maps", "[backward][cpu]") {
   // Tiles smaller than the problem both ways: partial, skipped and several
   // key tiles per row in both passes.
-  const backend::cpu small{8, 16};
-  for (std::size_t t : {5u, 37u, 100u}) {
-    const test::operands p(2, 4, 2, t, t, 12, 12, 700 + t);
-    std::vector<double> table = test::round_to_float(test::random_vector(4 * 32, 701 + t, 0.5));
-    std::vector<double> B = test::round_to_float(test::random_vector(2 * 4 * t * t, 702 + t));
-    std::vector<double> w = test::round_to_float(test::random_vector(8 * 12 + 6 * 8, 703 + t, 0.5));
-    std::vector<double> sink = test::round_to_float(test::random_vector(4, 704 + t));
-    std::vector<double> ks = test::round_to_float(test::random_vector(2 * 12, 705 + t));
-    std::vector<double> vs = test::round_to_float(test::random_vector(2 * 12, 706 + t));
-    for (const auto& m : test::masks_for(t)) {
-      INFO("tokens " << t << " mask kind " << int(m.which) << ":" << m.param);
-      using t5_attn = attention<score::softcap<>, norm::softmax, bias::t5_relative, pos::rope, mask::dynamic>;
-      t5_attn a1{{{}, 3.0}, {}, {32, 128, param_ref(table.data(), table.size())}, {}, m};
-      expect_backward_matches(small, a1, p, {{"dt5", &table, &param_grads<double>::bias}}, t);
-      using tensor_attn = attention<score::scaled_dot, norm::sigmoid, bias::tensor, pos::nope, mask::dynamic>;
-      tensor_attn a2{{}, {{}, -1.0}, {param_ref(B.data(), B.size())}, {}, m};
-      expect_backward_matches(small, a2, p, {{"dbias", &B, &param_grads<double>::bias}}, t + 1);
-      using mlp_attn = attention<score::mlp_kernel, norm::normalized<fn::elu_plus_one>, bias::none, pos::rope, mask::dynamic>;
-      mlp_attn a3{{param_ref(w.data(), 8 * 12), param_ref(w.data() + 8 * 12, 6 * 8), 8, 6, true}, {}, {}, {}, m};
-      expect_backward_matches(small, a3, p, {{"dW1,dW2", &w, &param_grads<double>::score}}, t + 2);
-      using sink_kv = attention<score::scaled_dot, norm::sink_logit, bias::kv_bias, pos::rope, mask::dynamic>;
-      sink_kv a4{{}, {{}, param_ref(sink.data(), 4)}, {param_ref(ks.data(), ks.size()), param_ref(vs.data(), vs.size())}, {}, m};
-      expect_backward_matches(small, a4, p,
-                              {{"dsink", &sink, &param_grads<double>::sink},
-                               {"dkstar", &ks, &param_grads<double>::kstar},
-                               {"dvstar", &vs, &param_grads<double>::vstar}},
-                              t + 3);
-    }
-  }
+  test::expect_learnable_params_match(backend::cpu{8, 16}, {5u, 37u, 100u}, 700);
 }
 
 TEST_CASE("cpu backward, fused schedule with query operands made per block", "[backward][cpu]") {
@@ -101,13 +73,7 @@ TEST_CASE("cpu backward, fused schedule with query operands made per block", "[b
 }
 
 TEST_CASE("cpu backward: document mask", "[backward][cpu]") {
-  const test::operands p(2, 2, 1, 50, 50, 16, 16, 800);
-  std::vector<std::int32_t> ids(100);
-  for (std::size_t i = 0; i < 100; ++i) ids[i] = std::int32_t((i % 50) / 13 + (i / 50) * 10);
-  const auto starts = mask::document_starts(ids.data(), 2, 50);
-  attention<score::scaled_dot, norm::softpick, bias::alibi, pos::rope, mask::document> a{};
-  a.mask.start = starts.data();
-  expect_backward_matches(backend::cpu{8, 16}, a, p, {}, 801);
+  test::expect_document_mask_matches(backend::cpu{8, 16}, 800);
 }
 
 TEST_CASE("cpu backward edge cases: fully masked rows, extreme logits, one token", "[backward][cpu]") {
@@ -145,20 +111,12 @@ TEST_CASE("cpu backward edge cases: fully masked rows, extreme logits, one token
 }
 
 TEST_CASE("cpu backward is bit-identical whatever the thread count and schedule", "[backward][cpu][determinism]") {
-  const test::operands p(2, 4, 2, 300, 300, 32, 32, 840);
-  std::vector<double> sink = test::round_to_float(test::random_vector(4, 841));
-  std::vector<double> ks = test::round_to_float(test::random_vector(2 * 32, 842));
-  std::vector<double> vs = test::round_to_float(test::random_vector(2 * 32, 843));
-  std::vector<double> table = test::round_to_float(test::random_vector(4 * 32, 844));
-  const std::vector<test::param_slot> slots = {{"dsink", &sink, &param_grads<double>::sink},
-                                               {"dkstar", &ks, &param_grads<double>::kstar},
-                                               {"dvstar", &vs, &param_grads<double>::vstar}};
-  using A = attention<score::scaled_dot, norm::sink_logit, bias::kv_bias, pos::rope, mask::causal>;
-  const A a{{}, {{}, param_ref(sink.data(), 4)}, {param_ref(ks.data(), ks.size()), param_ref(vs.data(), vs.size())}};
-  using B = attention<score::scaled_dot, norm::softmax, bias::t5_relative, pos::nope, mask::none>;
-  const B bt{{}, {}, {32, 128, param_ref(table.data(), table.size())}};
-  const std::vector<float> dO = test::cast<float>(test::random_vector(p.out_size(), 845));
-  const tensor4<const float> dout(dO.data(), 2, 4, 300, 32);
+  const test::determinism_case dc(300, 840);
+  const auto& p = dc.p;
+  const auto& slots = dc.slots;
+  const auto& a = dc.a;
+  const auto& dout = dc.dout;
+  const auto same_bits = test::determinism_case::same_bits;
   using cpu_bwd::schedule;
   auto run = [&](std::size_t threads, const auto& attn, const std::vector<test::param_slot>& sl,
                  schedule sched = schedule::two_pass) {
@@ -166,9 +124,6 @@ TEST_CASE("cpu backward is bit-identical whatever the thread count and schedule"
     grads<float> r(p, sl);
     backward(backend::cpu{16, 32}, attn, p.Q<float>(), p.K<float>(), p.V<float>(), dout, r.g, {}, sched);
     return r;
-  };
-  auto same_bits = [](const std::vector<float>& x, const std::vector<float>& y) {
-    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
   };
   const auto r1 = run(1, a, slots);
   for (std::size_t threads : {1u, 2u, 3u, 8u})
@@ -197,8 +152,7 @@ TEST_CASE("cpu backward is bit-identical whatever the thread count and schedule"
     CHECK(same_bits(c1.dk, cn.dk));
     CHECK(same_bits(c1.dv, cn.dv));
   }
-  const std::vector<test::param_slot> tslot = {{"dt5", &table, &param_grads<double>::bias}};
-  const auto t1 = run(1, bt, tslot), t2 = run(2, bt, tslot, schedule::fused);
+  const auto t1 = run(1, dc.bt, dc.tslot), t2 = run(2, dc.bt, dc.tslot, schedule::fused);
   CHECK(same_bits(t1.params[0], t2.params[0]));
   CHECK(same_bits(t1.dq, t2.dq));
 }

@@ -9,30 +9,19 @@
 #include "test_kokkos_backward.hpp"
 
 TEST_CASE("kokkos backward is bit-identical whatever the tiles and team sizes", "[backward][kokkos][determinism]") {
-  const test::operands p(2, 4, 2, 150, 150, 32, 32, 1840);
-  std::vector<double> sink = test::round_to_float(test::random_vector(4, 1841));
-  std::vector<double> ks = test::round_to_float(test::random_vector(2 * 32, 1842));
-  std::vector<double> vs = test::round_to_float(test::random_vector(2 * 32, 1843));
-  std::vector<double> table = test::round_to_float(test::random_vector(4 * 32, 1844));
-  const std::vector<test::param_slot> slots = {{"dsink", &sink, &param_grads<double>::sink},
-                                               {"dkstar", &ks, &param_grads<double>::kstar},
-                                               {"dvstar", &vs, &param_grads<double>::vstar}};
-  using A = attention<score::scaled_dot, norm::sink_logit, bias::kv_bias, pos::rope, mask::causal>;
-  const A a{{}, {{}, param_ref(sink.data(), 4)}, {param_ref(ks.data(), ks.size()), param_ref(vs.data(), vs.size())}};
-  using B = attention<score::scaled_dot, norm::softmax, bias::t5_relative, pos::nope, mask::none>;
-  const B bt{{}, {}, {32, 128, param_ref(table.data(), table.size())}};
-  const std::vector<float> dO = test::cast<float>(test::random_vector(p.out_size(), 1845));
-  const tensor4<const float> dout(dO.data(), 2, 4, 150, 32);
+  const test::determinism_case dc(150, 1840);
+  const auto& p = dc.p;
+  const auto& slots = dc.slots;
+  const auto& tslot = dc.tslot;
+  const auto& a = dc.a;
+  const auto& bt = dc.bt;
+  const auto same_bits = test::determinism_case::same_bits;
   auto run = [&](const kokkos_be& be, const auto& attn, const std::vector<test::param_slot>& sl) {
     grads<float> r(p, sl);
-    backward(be, attn, p.Q<float>(), p.K<float>(), p.V<float>(), dout, r.g);
+    backward(be, attn, p.Q<float>(), p.K<float>(), p.V<float>(), dc.dout, r.g);
     return r;
   };
-  auto same_bits = [](const std::vector<float>& x, const std::vector<float>& y) {
-    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
-  };
   const auto r1 = run(kokkos_be{}, a, slots);
-  const std::vector<test::param_slot> tslot = {{"dt5", &table, &param_grads<double>::bias}};
   const auto t1 = run(kokkos_be{}, bt, tslot);
   for (std::size_t rows : {1u, 32u, 64u})
     for (std::size_t tile : {8u, 24u}) {
