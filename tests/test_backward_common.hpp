@@ -273,4 +273,23 @@ struct determinism_case {
   }
 };
 
+// A backward given the forward's saved output and row state equals the one
+// that recomputes them (ALiBi, RoPE, causal).
+template <class Backend>
+void expect_saved_forward_matches(const Backend& be, std::uint64_t seed) {
+  const operands p(1, 4, 2, 100, 100, 32, 32, seed);
+  using A = attention<score::scaled_dot, norm::softmax, bias::alibi, pos::rope, mask::causal>;
+  const std::vector<float> dO = cast<float>(random_vector(p.out_size(), seed + 1));
+  const tensor4<const float> dout(dO.data(), 1, 4, 100, 32);
+  result<float> fwd(p);
+  forward(be, A{}, p.Q<float>(), p.K<float>(), p.V<float>(), fwd.O(p), fwd.stats());
+  grads<float> with(p, {}), without(p, {});
+  backward(be, A{}, p.Q<float>(), p.K<float>(), p.V<float>(), dout, with.g,
+           saved_forward<float>{tensor4<const float>(fwd.out.data(), 1, 4, 100, 32), fwd.m.data(), fwd.l.data()});
+  backward(be, A{}, p.Q<float>(), p.K<float>(), p.V<float>(), dout, without.g);
+  CHECK(with.dq == without.dq);
+  CHECK(with.dk == without.dk);
+  CHECK(with.dv == without.dv);
+}
+
 }  // namespace attnsink::test
