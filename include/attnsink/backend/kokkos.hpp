@@ -398,6 +398,12 @@ void launch(const backend::kokkos<E>& be, const A& a, const problem& p, layout g
 // quad at the end. K/V tiles are copied by cp.async one step ahead (see the
 // tile loop). On the H200: 1.09–1.68× torch's fp32 SDPA
 // (benchmarks/kokkos/RESULTS.md).
+// TF32 MMAs and cp.async need sm_80 or newer: older targets compile an empty
+// kernel that run_cuda never launches (it checks the device at run time).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define ATTNSINK_KOKKOS_MMA_DEVICE 1
+#endif
+
 template <class A, int D>
 struct cuda_mma_kernel {
   static constexpr int NT = 128;           // threads per team: 4 warps
@@ -430,7 +436,7 @@ struct cuda_mma_kernel {
   float c;
   bool causal;
 
-#ifdef __CUDA_ARCH__
+#ifdef ATTNSINK_KOKKOS_MMA_DEVICE
   // big: x rounded to TF32 (half an ulp added, then truncated: two integer
   // ops, where cvt.rna.tf32 costs about five on sm_90); small: the exact rest
   // x − big, whose low 13 bits the MMA ignores (truncation), as in CUTLASS's
@@ -481,7 +487,7 @@ struct cuda_mma_kernel {
 #endif
 
   KOKKOS_INLINE_FUNCTION void operator()(const member& t) const {
-#ifdef __CUDA_ARCH__
+#ifdef ATTNSINK_KOKKOS_MMA_DEVICE
     const int tr = t.team_rank();
     const int warp = tr / 32, lane = tr % 32, gq = lane / 4, tq = lane % 4;
     const std::size_t lr = t.league_rank();
@@ -705,7 +711,7 @@ struct cuda_mma_kernel {
     }
 #else
     (void)t;
-    Kokkos::abort("attnsink: the CUDA forward kernel ran on the host");
+    Kokkos::abort("attnsink: the CUDA forward kernel ran on the host or on a GPU older than sm_80");
 #endif
   }
 };
@@ -725,6 +731,10 @@ bool run_cuda(const backend::kokkos<E>& be, const A& a, const problem& p, tensor
     // Explicit team_rows / key_tile ask for the generic kernel's geometry.
     if (be.team_rows || be.key_tile || p.vdim != p.dim || (p.dim != 64 && p.dim != 128)) return false;
     if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(tensor4<const T>(out))) return false;
+    int major = 0;  // TF32 tensor cores and cp.async: compute capability 8.0 or newer
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, be.space.cuda_device()) != cudaSuccess ||
+        major < 8)
+      return false;
     auto go = [&]<int D>() {
       using K = cuda_mma_kernel<A, D>;
       layout g{};
