@@ -148,15 +148,6 @@ void BM_backward(benchmark::State& state, mask::dynamic m, std::size_t kv_heads)
 
 // ---- memory: peak RSS of one T = 32768, H = 8, d = 128 causal softmax backward
 
-std::size_t status_kib(const char* field) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  const std::size_t n = std::strlen(field);
-  while (std::getline(f, line))
-    if (line.compare(0, n, field) == 0) return std::stoull(line.substr(n + 1));
-  return 0;
-}
-
 // extra_MiB: the peak RSS during the backward beyond what the process held
 // before it (inputs q, k, v, dO, the forward's output and row state, and the
 // gradient buffers, all allocated and touched before).
@@ -170,22 +161,7 @@ void BM_backward_memory(benchmark::State& state) {
   std::fill(x.dv.begin(), x.dv.end(), 0.f);
   double io = 0;
   for (const auto* b : {&x.q, &x.k, &x.v, &x.dO, &x.out, &x.mx, &x.sm, &x.dq, &x.dk, &x.dv}) io += double(b->size());
-  double extra = 0, hwm = 0, seconds = 0;
-  bool reset = false;
-  for (auto _ : state) {
-    // "5" resets the peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0).
-    reset = bool(std::ofstream("/proc/self/clear_refs") << "5");
-    const double before = double(status_kib("VmRSS:")) / 1024;
-    const auto t0 = std::chrono::steady_clock::now();
-    x.run();
-    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    hwm = double(status_kib("VmHWM:")) / 1024;
-    extra = hwm - before;
-  }
-  state.counters["io_MiB"] = io * sizeof(float) / (1 << 20);
-  state.counters["peak_rss_MiB"] = hwm;
-  state.counters["extra_MiB"] = extra;
-  state.counters["hwm_reset"] = reset ? 1 : 0;
+  const double seconds = bench::measure_peak_rss(state, io * sizeof(float) / (1 << 20), [&] { x.run(); });
   state.counters["GFLOPS"] = x.flops(m) / seconds * 1e-9;
   state.counters["peak_frac"] = x.flops(m) / seconds * 1e-9 / peak;
 }

@@ -1,6 +1,6 @@
 // benchmarks/bench_common.hpp — what every part of attnsink_bench shares: the
-// thread count, this machine's fp32 FMA peak measured in the same process, and
-// process CPU time.
+// thread count, this machine's fp32 FMA peak measured in the same process,
+// process CPU time, and the peak-RSS measurement of the memory cases.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -9,6 +9,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -90,6 +93,42 @@ inline double peak_gflops() {
   if (peak_store() == 0)
     for (int r = 0; r < 3; ++r) peak_store() = std::max(peak_store(), fma_gflops(threads(), 20'000'000));
   return peak_store();
+}
+
+// A field of /proc/self/status in KiB ("VmRSS:", "VmHWM:"); 0 if absent.
+inline std::size_t status_kib(const char* field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const std::size_t n = std::strlen(field);
+  while (std::getline(f, line))
+    if (line.compare(0, n, field) == 0) return std::stoull(line.substr(n + 1));
+  return 0;
+}
+
+// The memory cases: run() once per iteration with the peak-RSS mark (VmHWM)
+// reset to the current RSS before it, and report io_MiB (the caller's inputs
+// and outputs), peak_rss_MiB, extra_MiB (peak RSS during run() beyond the RSS
+// before it) and hwm_reset (1 if the reset worked). Returns the seconds of
+// the last run().
+template <class Run>
+double measure_peak_rss(benchmark::State& state, double io_mib, Run&& run) {
+  double extra = 0, hwm = 0, seconds = 0;
+  bool reset = false;
+  for (auto _ : state) {
+    // "5" resets the peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0).
+    reset = bool(std::ofstream("/proc/self/clear_refs") << "5");
+    const double before = double(status_kib("VmRSS:")) / 1024;
+    const auto t0 = std::chrono::steady_clock::now();
+    run();
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    hwm = double(status_kib("VmHWM:")) / 1024;
+    extra = hwm - before;
+  }
+  state.counters["io_MiB"] = io_mib;
+  state.counters["peak_rss_MiB"] = hwm;
+  state.counters["extra_MiB"] = extra;
+  state.counters["hwm_reset"] = reset ? 1 : 0;
+  return seconds;
 }
 
 }  // namespace attnsink::bench

@@ -285,37 +285,13 @@ void BM_decode(benchmark::State& state) {
 
 // ---- memory: peak RSS of one T = 32768, H = 8, d = 128 causal softmax forward
 
-std::size_t status_kib(const char* field) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  const std::size_t n = std::strlen(field);
-  while (std::getline(f, line))
-    if (line.compare(0, n, field) == 0) return std::stoull(line.substr(n + 1));
-  return 0;
-}
-
 void BM_memory_T32768(benchmark::State& state) {
   thread_cap();
   operands x(8, 8, 32768, 32768, 128);
   const auto a = variants::make<variants::softmax>(x.settings({kind::causal, 0}));
   const backend::cpu be = bench_backend();
   const double io_mib = double((x.q.size() + x.k.size() + x.v.size() + x.o.size()) * sizeof(float)) / (1 << 20);
-  double extra = 0, hwm = 0, seconds = 0;
-  bool reset = false;
-  for (auto _ : state) {
-    // "5" resets the peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0).
-    reset = bool(std::ofstream("/proc/self/clear_refs") << "5");
-    const double before = double(status_kib("VmRSS:")) / 1024;
-    const auto t0 = clock_type::now();
-    forward(be, a, x.Q(), x.K(), x.V(), x.O());
-    seconds = seconds_since(t0);
-    hwm = double(status_kib("VmHWM:")) / 1024;
-    extra = hwm - before;
-  }
-  state.counters["io_MiB"] = io_mib;
-  state.counters["peak_rss_MiB"] = hwm;
-  state.counters["extra_MiB"] = extra;
-  state.counters["hwm_reset"] = reset ? 1 : 0;
+  const double seconds = bench::measure_peak_rss(state, io_mib, [&] { forward(be, a, x.Q(), x.K(), x.V(), x.O()); });
   state.counters["GFLOPS"] = forward_flops(x, {kind::causal, 0}) / seconds * 1e-9;
 }
 
