@@ -120,10 +120,10 @@ inline void block_tail(std::size_t m, const T* a, std::size_t ais, std::size_t a
   if constexpr (M > 1) block_tail<M - 1, V, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi);
 }
 
-template <std::size_t V, bool Add, class T, class E>
-inline void gemm_v(std::size_t m, const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb,
-                   std::size_t K, T* c, std::size_t ldc, const E& epi) {
-  constexpr std::size_t MR = blocking<T>::MR;
+// Rows [0, m) of C in blocks of MR rows (a tail block for the rest), V vectors wide.
+template <std::size_t MR, std::size_t V, bool Add, class T, class E>
+inline void gemm_rows(std::size_t m, const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb,
+                      std::size_t K, T* c, std::size_t ldc, const E& epi) {
   std::size_t i = 0;
   for (; i + MR <= m; i += MR) block<MR, V, Add>(a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
   if (i < m) block_tail<MR - 1, V, Add>(m - i, a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
@@ -138,10 +138,10 @@ inline void gemm(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std
     const T* bb = b + v0 * W;
     T* cc = c + v0 * W;
     switch (std::min(NV, nv - v0)) {
-      case 1: gemm_v<1, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
-      case 2: gemm_v<2, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
-      case 3: gemm_v<3, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
-      default: gemm_v<4, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
+      case 1: gemm_rows<blocking<T>::MR, 1, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
+      case 2: gemm_rows<blocking<T>::MR, 2, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
+      case 3: gemm_rows<blocking<T>::MR, 3, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
+      default: gemm_rows<blocking<T>::MR, 4, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
     }
   }
 }
@@ -151,14 +151,6 @@ inline void gemm(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std
 // window edges): on 32-register targets 8 rows keep 8 to 24 accumulators in
 // flight where gemm's 6 would leave 6 to 18 (fewer than the FMA pipes hold).
 // Each result is the same FMA chain in ascending k as gemm's.
-template <std::size_t MR, std::size_t V, bool Add, class T, class E>
-inline void gemm_rows(std::size_t m, const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb,
-                      std::size_t K, T* c, std::size_t ldc, const E& epi) {
-  std::size_t i = 0;
-  for (; i + MR <= m; i += MR) block<MR, V, Add>(a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
-  if (i < m) block_tail<MR - 1, V, Add>(m - i, a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
-}
-
 template <bool Add, class T, class E = no_epilogue>
 inline void gemm_fwd(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std::size_t aks, const T* b,
                      std::size_t ldb, std::size_t K, T* c, std::size_t ldc, const E& epi = {}) {
