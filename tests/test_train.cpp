@@ -71,6 +71,17 @@ model_config tiny(std::size_t vocab) {
   return c;
 }
 
+// Random token ids and targets (B·T each, uniform over the vocabulary), drawn in that order from seed.
+struct random_batch {
+  std::vector<std::int32_t> ids, tg;
+  random_batch(std::size_t n, std::size_t vocab, unsigned seed) : ids(n), tg(n) {
+    std::mt19937 g(seed);
+    std::uniform_int_distribution<std::int32_t> u(0, std::int32_t(vocab) - 1);
+    for (auto& x : ids) x = u(g);
+    for (auto& x : tg) x = u(g);
+  }
+};
+
 // Central differences on a sample of every parameter group, over `B` sequences.
 template <class V>
 void gradient_check(model_config cfg, const char* what, std::size_t B = 2, double tol = 1e-6) {
@@ -81,11 +92,9 @@ void gradient_check(model_config cfg, const char* what, std::size_t B = 2, doubl
   m.init(7);
   for (auto& p : m.params()) p += 0.05 * std::sin(double(&p - m.params().data()));  // off the init's symmetries
   const std::size_t T = cfg.ctx;
-  std::mt19937 g(3);
-  std::uniform_int_distribution<std::int32_t> u(0, std::int32_t(cfg.vocab) - 1);
-  std::vector<std::int32_t> ids(B * T), tg(B * T);
-  for (auto& x : ids) x = u(g);
-  for (auto& x : tg) x = u(g);
+  const random_batch batch(B * T, cfg.vocab, 3);
+  const auto& ids = batch.ids;
+  const auto& tg = batch.tg;
   const std::vector<std::uint8_t> mask;
   m.forward(ids, tg, mask, B, T);
   m.backward();
@@ -167,11 +176,9 @@ void float_matches_double(model_config cfg, const char* what) {
     md.params()[i] = double(mf.params()[i]);
   }
   const std::size_t B = 40, T = cfg.ctx;
-  std::mt19937 g(9);
-  std::uniform_int_distribution<std::int32_t> u(0, std::int32_t(cfg.vocab) - 1);
-  std::vector<std::int32_t> ids(B * T), tg(B * T);
-  for (auto& x : ids) x = u(g);
-  for (auto& x : tg) x = u(g);
+  const random_batch batch(B * T, cfg.vocab, 9);
+  const auto& ids = batch.ids;
+  const auto& tg = batch.tg;
   const std::vector<std::uint8_t> mask;
   const double lf = mf.forward(ids, tg, mask, B, T), ld = md.forward(ids, tg, mask, B, T);
   std::fill(mf.grads().begin(), mf.grads().end(), std::numeric_limits<float>::quiet_NaN());
