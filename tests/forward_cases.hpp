@@ -86,27 +86,41 @@ struct variant_params {
   }
 };
 
-// Every shape × every mask × RoPE off/on (on for even head_dim; the largest
-// shape only with the causal and window masks, to bound the reference's time).
-template <class V, class Backend>
-void run_forward_cases(const Backend& be) {
-  std::uint64_t seed = 100;
-  for (const shape& s : forward_shapes())
+// Every shape × every mask × RoPE off/on (on for even head dims only), less
+// the cases skip(s, m, rope) leaves out, each with fresh operands and the named
+// variants' settings (random parameters, the mask, RoPE); seeds count up from
+// `seed`. body(s, m, rope, p, vp, st, case_seed).
+template <class Skip, class Body>
+void for_each_case(const std::vector<shape>& shapes, std::uint64_t seed, Skip skip, Body body) {
+  for (const shape& s : shapes)
     for (const mask::dynamic& m : masks_for(s.tk))
-      for (int rope = 0; rope < 2; ++rope) {
-        if (rope && s.dim % 2) continue;
-        if (s.tk >= 1000 && (m.which == mask::dynamic::kind::none || m.which == mask::dynamic::kind::prefix || rope))
-          continue;
+      for (int r = 0; r < 2; ++r) {
+        const bool rope = r != 0;
+        if ((rope && s.dim % 2) || skip(s, m, rope)) continue;
         ++seed;
         const operands p(s.batch, s.heads, s.kv_heads, s.tq, s.tk, s.dim, s.vdim, seed);
-        const variant_params vp(s, seed);
+        variant_params vp(s, seed);
         variants::settings st = vp.settings();
         st.mask = m;
-        st.rope.enabled = rope != 0;
-        if (s.vdim != s.dim && !st.vstar.empty()) st.vstar = param_ref(vp.vstar.data(), s.kv_heads * s.vdim);
-        INFO(V::name << " " << describe(s, m, rope));
-        expect_matches_reference(be, variants::make<V>(st), p);
+        st.rope.enabled = rope;
+        body(s, m, rope, p, vp, st, seed);
       }
+}
+
+// Every shape × every mask × RoPE (the largest shape only with the causal and
+// window masks, to bound the reference's time).
+template <class V, class Backend>
+void run_forward_cases(const Backend& be) {
+  const auto big_only_banded = [](const shape& s, const mask::dynamic& m, bool rope) {
+    return s.tk >= 1000 && (m.which == mask::dynamic::kind::none || m.which == mask::dynamic::kind::prefix || rope);
+  };
+  for_each_case(forward_shapes(), 100, big_only_banded,
+                [&](const shape& s, const mask::dynamic& m, bool rope, const operands& p, const variant_params& vp,
+                    variants::settings& st, std::uint64_t) {
+                  if (s.vdim != s.dim && !st.vstar.empty()) st.vstar = param_ref(vp.vstar.data(), s.kv_heads * s.vdim);
+                  INFO(V::name << " " << describe(s, m, rope));
+                  expect_matches_reference(be, variants::make<V>(st), p);
+                });
 }
 
 }  // namespace attnsink::test

@@ -63,26 +63,20 @@ inline void expect_close(const M::alpha_map& got, const M::alpha_map& want, doub
 // double row state equals α of the reference's weights to 1e-6.
 template <class V, class Route>
 void streamed_alpha_matches_reference(std::uint64_t seed) {
-  const shape shapes[] = {{2, 4, 2, 37, 37, 16, 16}, {1, 3, 1, 50, 50, 17, 9}};
-  for (const shape& s : shapes)
-    for (const mask::dynamic& m : masks_for(s.tk))
-      for (int rope = 0; rope < 2; ++rope) {
-        if (rope && s.dim % 2) continue;
-        ++seed;
-        const operands p(s.batch, s.heads, s.kv_heads, s.tq, s.tk, s.dim, s.vdim, seed);
-        const variant_params vp(s, seed);
-        variants::settings st = vp.settings();
-        st.mask = m;
-        st.rope.enabled = rope != 0;
-        st.vstar = param_ref(vp.vstar.data(), s.kv_heads * s.vdim);
-        const auto a = variants::make<V>(st);
-        for (std::size_t k : {std::size_t(1), s.tk / 3}) {
-          M::options opt;
-          opt.k = k;
-          INFO(V::name << " " << describe(s, m, rope) << " k=" << k);
-          expect_close(Route::template alphas<double>(a, p, opt), reference_alphas(a, p, opt), 1e-6);
-        }
-      }
+  const std::vector<shape> shapes = {{2, 4, 2, 37, 37, 16, 16}, {1, 3, 1, 50, 50, 17, 9}};
+  const auto none = [](const shape&, const mask::dynamic&, bool) { return false; };
+  for_each_case(shapes, seed, none,
+                [](const shape& s, const mask::dynamic& m, bool rope, const operands& p, const variant_params& vp,
+                   variants::settings& st, std::uint64_t) {
+                  st.vstar = param_ref(vp.vstar.data(), s.kv_heads * s.vdim);
+                  const auto a = variants::make<V>(st);
+                  for (std::size_t k : {std::size_t(1), s.tk / 3}) {
+                    M::options opt;
+                    opt.k = k;
+                    INFO(V::name << " " << describe(s, m, rope) << " k=" << k);
+                    expect_close(Route::template alphas<double>(a, p, opt), reference_alphas(a, p, opt), 1e-6);
+                  }
+                });
 }
 
 // α streamed from float32 row state, five normalizations: within 2e-5 of the double reference.

@@ -32,25 +32,19 @@ const std::vector<test::shape>& cpu_shapes() {
 }  // namespace
 
 TEMPLATE_LIST_TEST_CASE("cpu backward matches the reference backward", "[backward][cpu]", variants::all) {
-  std::uint64_t seed = 9000;
-  for (const test::shape& s : cpu_shapes())
-    for (const mask::dynamic& m : test::masks_for(s.tk))
-      for (int rope = 0; rope < 2; ++rope) {
-        if (rope && s.dim % 2) continue;
-        // the largest shapes: the reference's time is bounded by fewer masks
-        if (s.tk >= 257 && (m.which != mask::dynamic::kind::causal || rope != (s.tk == 257))) continue;
-        ++seed;
-        const test::operands p(s.batch, s.heads, s.kv_heads, s.tq, s.tk, s.dim, s.vdim, seed);
-        test::variant_params vp(s, seed);
-        variants::settings st = vp.settings();
-        st.mask = m;
-        st.rope.enabled = rope != 0;
-        const auto a = variants::make<TestType>(st);
-        const auto slots = test::variant_slots(vp, a);
-        round_params(slots);
-        INFO(TestType::name << " " << test::describe(s, m, rope));
-        expect_backward_matches(backend::cpu{}, a, p, slots, seed);
-      }
+  // the largest shapes: the reference's time is bounded by fewer masks
+  const auto large_fewer = [](const test::shape& s, const mask::dynamic& m, bool rope) {
+    return s.tk >= 257 && (m.which != mask::dynamic::kind::causal || rope != (s.tk == 257));
+  };
+  test::for_each_case(cpu_shapes(), 9000, large_fewer,
+                      [](const test::shape& s, const mask::dynamic& m, bool rope, const test::operands& p,
+                         test::variant_params& vp, const variants::settings& st, std::uint64_t seed) {
+                        const auto a = variants::make<TestType>(st);
+                        const auto slots = test::variant_slots(vp, a);
+                        round_params(slots);
+                        INFO(TestType::name << " " << test::describe(s, m, rope));
+                        expect_backward_matches(backend::cpu{}, a, p, slots, seed);
+                      });
 }
 
 TEST_CASE("cpu backward with small tiles, learnable biases and feature maps", "[backward][cpu]") {

@@ -29,23 +29,16 @@ inline const std::vector<shape>& kokkos_shapes() {
 // Named variant V × every mask × RoPE off/on × kokkos_shapes(), learnable parameters included.
 template <class V>
 void kokkos_backward_matches_reference() {
-  std::uint64_t seed = 19000;
-  for (const shape& s : kokkos_shapes())
-    for (const mask::dynamic& m : masks_for(s.tk))
-      for (int rope = 0; rope < 2; ++rope) {
-        if (rope && s.dim % 2) continue;
-        ++seed;
-        const operands p(s.batch, s.heads, s.kv_heads, s.tq, s.tk, s.dim, s.vdim, seed);
-        variant_params vp(s, seed);
-        variants::settings st = vp.settings();
-        st.mask = m;
-        st.rope.enabled = rope != 0;
-        const auto a = variants::make<V>(st);
-        const auto slots = variant_slots(vp, a);
-        round_params(slots);
-        INFO(V::name << " " << describe(s, m, rope));
-        expect_backward_matches(kokkos_be{}, a, p, slots, seed);
-      }
+  const auto none = [](const shape&, const mask::dynamic&, bool) { return false; };
+  for_each_case(kokkos_shapes(), 19000, none,
+                [](const shape& s, const mask::dynamic& m, bool rope, const operands& p, variant_params& vp,
+                   const variants::settings& st, std::uint64_t seed) {
+                  const auto a = variants::make<V>(st);
+                  const auto slots = variant_slots(vp, a);
+                  round_params(slots);
+                  INFO(V::name << " " << describe(s, m, rope));
+                  expect_backward_matches(kokkos_be{}, a, p, slots, seed);
+                });
 }
 
 }  // namespace attnsink::test
