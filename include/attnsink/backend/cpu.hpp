@@ -360,10 +360,42 @@ inline void transpose16(__m512 (&r)[16]) {
 }
 #endif
 
-// s[r·ld + jj] = q_r · k_jj for r < nr (nr a multiple of 4), jj < nk.
+// K and V rows [0, n) of a later tile, asked into L2 one row at a time while
+// the current tile's dot products run (decode is memory-bound: spread over
+// the compute, the requests keep the core's misses in flight; one burst per
+// tile stalled on the fill buffers and left the compute and the loads apart).
+// One cache line into L2. GCC deletes a loop whose body is only
+// __builtin_prefetch (it has no side effects, and such loops are assumed to
+// finish), so on x86 the request is an asm statement the optimizer keeps.
+inline void prefetch_l2(const char* p) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm volatile("prefetcht1 %0" : : "m"(*p));
+#else
+  __builtin_prefetch(p, 0, 2);
+#endif
+}
+
+template <class T>
+struct next_rows {
+  const T* k = nullptr;
+  std::size_t kstride = 0, kfloats = 0;
+  const T* v = nullptr;
+  std::size_t vstride = 0, vfloats = 0;
+  std::size_t n = 0;
+  void fetch(std::size_t j) const {
+    if (j >= n) return;
+    const char* kr = reinterpret_cast<const char*>(k + j * kstride);
+    const char* vr = reinterpret_cast<const char*>(v + j * vstride);
+    for (std::size_t off = 0; off < kfloats * sizeof(T); off += 64) prefetch_l2(kr + off);
+    for (std::size_t off = 0; off < vfloats * sizeof(T); off += 64) prefetch_l2(vr + off);
+  }
+};
+
+// s[r·ld + jj] = q_r · k_jj for r < nr (nr a multiple of 4), jj < nk; during
+// the first four rows' pass, row jj of `next` is requested with key jj.
 template <class T>
 inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std::size_t kstride, std::size_t nk, T* s,
-                 std::size_t ld) {
+                 std::size_t ld, const next_rows<T>& next = {}) {
   constexpr std::size_t W = simd<T>::size;
   const std::size_t dfv = df - df % W;
   for (std::size_t r = 0; r < nr; r += 4) {
@@ -375,6 +407,8 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
       if (dfv == df)
         for (; jj + 4 <= nk; jj += 4) {
           const T* kr = keys + jj * kstride;
+          if (r == 0)
+            for (std::size_t k = jj; k < jj + 4; ++k) next.fetch(k);
           __m512 acc[4][4];
           for (auto& ak : acc)
             for (auto& x : ak) x = _mm512_setzero_ps();
@@ -398,6 +432,7 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
 #endif
     for (; jj < nk; ++jj) {
       const T* kr = keys + jj * kstride;
+      if (r == 0) next.fetch(jj);
       simd<T> a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
       for (std::size_t c = 0; c < dfv; c += W) {
         const simd<T> kv = simd<T>::load_unaligned(kr + c);
@@ -943,18 +978,12 @@ struct kernel {
         const std::size_t nk = std::min(bk, p.tk - j0);
         const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
         if (vis == tile_visibility::skip) continue;
-        // Decode streams K and V once with little work per byte: ask for the
-        // next tile's rows while this one is computed.
-        if (j0 + bk < last.hi) {
-          const std::size_t nn = std::min(bk, p.tk - (j0 + bk));
-          for (std::size_t jj = 0; jj < nn; ++jj) {
-            const char* kr = reinterpret_cast<const char*>(keys + (j0 + bk + jj) * kstride);
-            const char* vr = reinterpret_cast<const char*>(v.row(b, hk, j0 + bk + jj));
-            for (std::size_t off = 0; off < df * sizeof(T); off += 64) __builtin_prefetch(kr + off);
-            for (std::size_t off = 0; off < dv * sizeof(T); off += 64) __builtin_prefetch(vr + off);
-          }
-        }
-        dots(sc.q.data(), df, nrp, keys + j0 * kstride, kstride, nk, sc.s.data(), bk);
+        // Decode streams K and V once with little work per byte: the next
+        // tile's rows are requested while this one's dot products run.
+        next_rows<T> next;
+        if (const std::size_t j2 = j0 + bk; j2 < last.hi)
+          next = {keys + j2 * kstride, kstride, df, v.row(b, hk, j2), v.stride_t, dv, std::min(bk, last.hi - j2)};
+        dots(sc.q.data(), df, nrp, keys + j0 * kstride, kstride, nk, sc.s.data(), bk, next);
         for (std::size_t r = 0; r < nrp; ++r) {
           T* s = sc.s.data() + r * bk;
           std::size_t c0 = 0, c1 = nk;
