@@ -80,3 +80,18 @@ TEST_CASE("kokkos backward_device runs on operands in the execution space's memo
   CHECK(test::rel_l2(get(dv), ref.dv) <= 1e-4);
   CHECK(test::rel_l2(get(dsink), ref.params[0]) <= 1e-4);
 }
+
+TEST_CASE("kokkos backward at head dims above 128, up to the 256 capacity", "[backward][kokkos]") {
+  // The backward kernels' widest instantiation (ATTNSINK_KOKKOS_MAX_DIM, 256 by default).
+  if constexpr (kokkos_detail::max_dim < 256) {
+    SKIP("built with ATTNSINK_KOKKOS_MAX_DIM=" << kokkos_detail::max_dim);
+  } else {
+    for (std::size_t d : {136u, 256u}) {
+      const test::operands p(1, 4, 2, 37, 37, d, d, 1870 + d);
+      for (const auto& m : test::masks_for(37)) {
+        INFO("head dim " << d << " mask kind " << int(m.which) << ":" << m.param);
+        expect_backward_matches(kokkos_be{}, attention<score::scaled_dot, norm::softmax, bias::none, pos::rope, mask::dynamic>{{}, {}, {}, {}, m}, p, {}, 1880 + d);
+      }
+    }
+  }
+}

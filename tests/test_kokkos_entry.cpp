@@ -124,3 +124,22 @@ TEST_CASE("kokkos forward_device runs on operands in the execution space's memor
   Kokkos::deep_copy(Kokkos::subview(sd, 1), std::numeric_limits<float>::quiet_NaN());
   CHECK_THROWS_AS(run(), value_error);
 }
+
+TEST_CASE("kokkos forward at head dims above 128, up to the 256 capacity", "[forward][kokkos]") {
+  // The generic kernel's widest instantiation (ATTNSINK_KOKKOS_MAX_DIM, 256
+  // by default), whose head-dim arrays live in local memory on a GPU.
+  if constexpr (kokkos_detail::max_dim < 256) {
+    SKIP("built with ATTNSINK_KOKKOS_MAX_DIM=" << kokkos_detail::max_dim);
+  } else {
+    for (std::size_t d : {136u, 256u}) {
+      const test::operands p(1, 4, 2, 41, 41, d, d, 960 + d);
+      for (const auto& m : test::masks_for(41)) {
+        INFO("head dim " << d << " mask kind " << int(m.which) << ":" << m.param);
+        test::expect_matches_reference(
+            backend::kokkos<space>{}, attention<score::scaled_dot, norm::softmax, bias::none, pos::rope, mask::dynamic>{{}, {}, {}, {}, m}, p);
+        test::expect_matches_reference(
+            backend::kokkos<space>{}, attention<score::scaled_dot, norm::sigmoid, bias::alibi, pos::nope, mask::dynamic>{{}, {}, {}, {}, m}, p);
+      }
+    }
+  }
+}

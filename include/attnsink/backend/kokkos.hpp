@@ -174,7 +174,7 @@ struct forward_kernel {
     T qr[Cap], acc[Cap];
     T m = 0, l = 0;
     key_range kr{0, 0};
-    ATTNSINK_UNROLL
+    ATTNSINK_UNROLL_DIM(Cap)
     for (int e = 0; e < Cap; ++e) qr[e] = acc[e] = T(0);
     if (active) {
       {
@@ -185,7 +185,7 @@ struct forward_kernel {
         for (std::size_t e = 0; e < g.d; ++e) x[e] = src[e];
         a.pos.apply(x, g.d, qpos, 1);
         a.score.map(x, x, g.d);
-        ATTNSINK_UNROLL
+        ATTNSINK_UNROLL_DIM(Cap)
         for (int e = 0; e < Cap; ++e) qr[e] = std::size_t(e) < g.df ? x[e] * c : T(0);
       }
       const row_init init = a.norm.init(h);
@@ -197,7 +197,7 @@ struct forward_kernel {
         for (std::size_t e = 0; e < g.d; ++e) x[e] = T(a.bias.kstar(hk, e, g.d));
         a.score.map(x, x, g.d);
         T s = 0;
-        ATTNSINK_UNROLL
+        ATTNSINK_UNROLL_DIM(Cap)
         for (int e = 0; e < Cap; ++e)
           if (std::size_t(e) < g.df) s += qr[e] * x[e];
         s = a.score.post(s);
@@ -208,7 +208,7 @@ struct forward_kernel {
         }
         const T w = a.norm.weight(s, m);
         if constexpr (norm_t::has_denominator) l += a.norm.mass(s, m);
-        ATTNSINK_UNROLL
+        ATTNSINK_UNROLL_DIM(Cap)
         for (int e = 0; e < Cap; ++e) acc[e] = std::size_t(e) < g.dv ? w * T(a.bias.vstar(hk, e, g.dv)) : T(0);
       }
     }
@@ -235,7 +235,7 @@ struct forward_kernel {
     if (!active) return;
     const T f = a.norm.finish(m, l);
     T* o = out.row(b, h, i);
-    ATTNSINK_UNROLL
+    ATTNSINK_UNROLL_DIM(Cap)
     for (int e = 0; e < Cap; ++e)
       if (std::size_t(e) < g.dv) o[e] = acc[e] * f;
     const std::size_t row = (b * p.heads + h) * p.tq + i;
@@ -267,7 +267,7 @@ struct forward_kernel {
     T s[chunk];
     ATTNSINK_UNROLL
     for (int kk = 0; kk < chunk; ++kk) s[kk] = T(0);
-    ATTNSINK_UNROLL
+    ATTNSINK_UNROLL_DIM(Cap)
     for (int e = 0; e < Cap; e += 4) {
       if (std::size_t(e) >= g.dfp) break;
       ATTNSINK_UNROLL
@@ -291,7 +291,7 @@ struct forward_kernel {
       if (mx > m) {
         const T f = kokkos_compat::exp(m - mx);
         l *= f;
-        ATTNSINK_UNROLL
+        ATTNSINK_UNROLL_DIM(Cap)
         for (int e = 0; e < Cap; ++e) acc[e] *= f;
         m = mx;
       }
@@ -303,7 +303,7 @@ struct forward_kernel {
       w[kk] = seen ? a.norm.weight(s[kk], m) : T(0);
       if constexpr (norm_t::has_denominator) l += seen ? a.norm.mass(s[kk], m) : T(0);
     }
-    ATTNSINK_UNROLL
+    ATTNSINK_UNROLL_DIM(Cap)
     for (int e = 0; e < Cap; e += 4) {
       if (std::size_t(e) >= g.dvp) break;
       ATTNSINK_UNROLL

@@ -137,12 +137,12 @@ struct dkv_kernel {
     T* Rs = static_cast<T*>(t.team_scratch(g.level).get_shmem_aligned(3 * g.bq * sizeof(T), 16));
 
     T kj[Cap], vj[Cap], dk[Cap], dv[Cap];
-    ATTNSINK_UNROLL
+    ATTNSINK_UNROLL_DIM(Cap)
     for (int e = 0; e < Cap; ++e) kj[e] = vj[e] = dk[e] = dv[e] = T(0);
     if (active) {
       const T* kr = pl.kf + (pr * p.tk + j) * g.dfp;
       const T* vr = pl.v.row(b, hk, j);
-      ATTNSINK_UNROLL
+      ATTNSINK_UNROLL_DIM(Cap)
       for (int e = 0; e < Cap; ++e) {
         if (std::size_t(e) < g.df) kj[e] = kr[e];
         if (std::size_t(e) < g.dv) vj[e] = vr[e];
@@ -174,7 +174,7 @@ struct dkv_kernel {
           const T* qr = Qs + ii * g.dfp;
           const T* gr = Gs + ii * g.dvp;
           T u = 0, dP = 0;
-          ATTNSINK_UNROLL
+          ATTNSINK_UNROLL_DIM(Cap)
           for (int e = 0; e < Cap; ++e) {
             if (std::size_t(e) < g.df) u += qr[e] * kj[e];
             if (std::size_t(e) < g.dv) dP += gr[e] * vj[e];
@@ -183,7 +183,7 @@ struct dkv_kernel {
           const auto w = pl.pair(u, dP, Rs[ii], Rs[g.bq + ii], Rs[2 * g.bq + ii], b, h, qp, j, i);
           if constexpr (plan<A, T>::bias_per_site)
             if (pl.grads.params.bias) pl.grads.params.bias[pl.a.bias.param_index(pl.at(b, h, qp, j, i))] = w.dS;
-          ATTNSINK_UNROLL
+          ATTNSINK_UNROLL_DIM(Cap)
           for (int e = 0; e < Cap; ++e) {
             if (std::size_t(e) < g.dv) dv[e] += w.p * gr[e];
             if (std::size_t(e) < g.df) dk[e] += w.du * qr[e];
@@ -194,7 +194,7 @@ struct dkv_kernel {
     if (!active) return;
     T* dkr = pl.dka + (pr * p.tk + j) * g.dfp;
     T* dvr = pl.grads.dv.row(b, hk, j);
-    ATTNSINK_UNROLL
+    ATTNSINK_UNROLL_DIM(Cap)
     for (int e = 0; e < Cap; ++e) {
       if (std::size_t(e) < g.dfp) dkr[e] = std::size_t(e) < g.df ? dk[e] : T(0);
       if (std::size_t(e) < g.dv) dvr[e] = dv[e];
@@ -226,14 +226,14 @@ struct dq_kernel {
     const std::ptrdiff_t qp = mask::detail::qpos(i, p.tq, p.tk);
 
     T qr[Cap], gr[Cap], acc[Cap];
-    ATTNSINK_UNROLL
+    ATTNSINK_UNROLL_DIM(Cap)
     for (int e = 0; e < Cap; ++e) qr[e] = gr[e] = acc[e] = T(0);
     T mr = 0, fr = 0, gDr = 0;
     key_range kr{0, 0};
     if (active) {
       const T* qs = pl.qc + row * g.dfp;
       const T* ds = pl.dout.row(b, h, i);
-      ATTNSINK_UNROLL
+      ATTNSINK_UNROLL_DIM(Cap)
       for (int e = 0; e < Cap; ++e) {
         if (std::size_t(e) < g.df) qr[e] = qs[e];
         if (std::size_t(e) < g.dv) gr[e] = ds[e];
@@ -245,7 +245,7 @@ struct dq_kernel {
       if constexpr (plan<A, T>::has_kv) {  // the bias key: no mask, no positions, no additive bias
         const T* kk = pl.ks + hk * g.dfp;
         T u = 0, dP = 0;
-        ATTNSINK_UNROLL
+        ATTNSINK_UNROLL_DIM(Cap)
         for (int e = 0; e < Cap; ++e) {
           if (std::size_t(e) < g.df) u += qr[e] * kk[e];
           if (std::size_t(e) < g.dv) dP += gr[e] * T(pl.a.bias.vstar(hk, std::size_t(e), g.dv));
@@ -255,7 +255,7 @@ struct dq_kernel {
         const T dS = pl.a.norm.weight_derivative(s, mr) * fr * dP + pl.a.norm.mass_derivative(s, mr) * gDr;
         const T du = dS * pl.a.score.post_derivative(u);
         double* kv = pl.kvrow + row * (g.dfp + g.dvp);
-        ATTNSINK_UNROLL
+        ATTNSINK_UNROLL_DIM(Cap)
         for (int e = 0; e < Cap; ++e) {
           if (std::size_t(e) < g.df) {
             acc[e] += du * kk[e];
@@ -285,13 +285,13 @@ struct dq_kernel {
           const T* kk = Ks + jj * g.dfp;
           const T* vv = Vs + jj * g.dvp;
           T u = 0, dP = 0;
-          ATTNSINK_UNROLL
+          ATTNSINK_UNROLL_DIM(Cap)
           for (int e = 0; e < Cap; ++e) {
             if (std::size_t(e) < g.df) u += qr[e] * kk[e];
             if (std::size_t(e) < g.dv) dP += gr[e] * vv[e];
           }
           const auto w = pl.pair(u, dP, mr, fr, gDr, b, h, qp, j0 + jj, i);
-          ATTNSINK_UNROLL
+          ATTNSINK_UNROLL_DIM(Cap)
           for (int e = 0; e < Cap; ++e)
             if (std::size_t(e) < g.df) acc[e] += w.du * kk[e];
         }
@@ -299,7 +299,7 @@ struct dq_kernel {
     }
     if (!active) return;
     T* dq = pl.dqa + row * g.dfp;
-    ATTNSINK_UNROLL
+    ATTNSINK_UNROLL_DIM(Cap)
     for (int e = 0; e < Cap; ++e)
       if (std::size_t(e) < g.dfp) dq[e] = std::size_t(e) < g.df ? acc[e] : T(0);
   }
