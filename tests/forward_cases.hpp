@@ -34,6 +34,20 @@ inline std::vector<mask::dynamic> masks_for(std::size_t tk) {
   return {{K::causal, 0}, {K::none, 0}, {K::window, std::max<std::size_t>(1, tk / 3)}, {K::prefix, tk / 2}};
 }
 
+// Head dims above 128 (136, and 256: the Kokkos kernels' default capacity) ×
+// every mask, on one small GQA shape with fresh operands per dim (seed + d):
+// body(p, m).
+template <class Body>
+void for_each_wide_dim(std::size_t tokens, std::uint64_t seed, Body body) {
+  for (std::size_t d : {136u, 256u}) {
+    const operands p(1, 4, 2, tokens, tokens, d, d, seed + d);
+    for (const mask::dynamic& m : masks_for(tokens)) {
+      INFO("head dim " << d << " mask kind " << int(m.which) << ":" << m.param);
+      body(p, m);
+    }
+  }
+}
+
 inline std::string describe(const shape& s, const mask::dynamic& m, bool rope) {
   static const char* names[] = {"none", "causal", "window", "prefix"};
   return "B=" + std::to_string(s.batch) + " H=" + std::to_string(s.heads) + " Hkv=" + std::to_string(s.kv_heads) +

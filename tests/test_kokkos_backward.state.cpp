@@ -86,12 +86,8 @@ TEST_CASE("kokkos backward at head dims above 128, up to the 256 capacity", "[ba
   if constexpr (kokkos_detail::max_dim < 256) {
     SKIP("built with ATTNSINK_KOKKOS_MAX_DIM=" << kokkos_detail::max_dim);
   } else {
-    for (std::size_t d : {136u, 256u}) {
-      const test::operands p(1, 4, 2, 37, 37, d, d, 1870 + d);
-      for (const auto& m : test::masks_for(37)) {
-        INFO("head dim " << d << " mask kind " << int(m.which) << ":" << m.param);
-        expect_backward_matches(kokkos_be{}, attention<score::scaled_dot, norm::softmax, bias::none, pos::rope, mask::dynamic>{{}, {}, {}, {}, m}, p, {}, 1880 + d);
-      }
-    }
+    test::for_each_wide_dim(37, 1870, [](const test::operands& p, const mask::dynamic& m) {
+      expect_backward_matches(kokkos_be{}, attention<score::scaled_dot, norm::softmax, bias::none, pos::rope, mask::dynamic>{{}, {}, {}, {}, m}, p, {}, 1880 + p.dim);
+    });
   }
 }

@@ -131,15 +131,11 @@ TEST_CASE("kokkos forward at head dims above 128, up to the 256 capacity", "[for
   if constexpr (kokkos_detail::max_dim < 256) {
     SKIP("built with ATTNSINK_KOKKOS_MAX_DIM=" << kokkos_detail::max_dim);
   } else {
-    for (std::size_t d : {136u, 256u}) {
-      const test::operands p(1, 4, 2, 41, 41, d, d, 960 + d);
-      for (const auto& m : test::masks_for(41)) {
-        INFO("head dim " << d << " mask kind " << int(m.which) << ":" << m.param);
-        test::expect_matches_reference(
-            backend::kokkos<space>{}, attention<score::scaled_dot, norm::softmax, bias::none, pos::rope, mask::dynamic>{{}, {}, {}, {}, m}, p);
-        test::expect_matches_reference(
-            backend::kokkos<space>{}, attention<score::scaled_dot, norm::sigmoid, bias::alibi, pos::nope, mask::dynamic>{{}, {}, {}, {}, m}, p);
-      }
-    }
+    test::for_each_wide_dim(41, 960, [](const test::operands& p, const mask::dynamic& m) {
+      test::expect_matches_reference(
+          backend::kokkos<space>{}, attention<score::scaled_dot, norm::softmax, bias::none, pos::rope, mask::dynamic>{{}, {}, {}, {}, m}, p);
+      test::expect_matches_reference(
+          backend::kokkos<space>{}, attention<score::scaled_dot, norm::sigmoid, bias::alibi, pos::nope, mask::dynamic>{{}, {}, {}, {}, m}, p);
+    });
   }
 }
