@@ -32,9 +32,12 @@
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#include <unistd.h>
 
 #include <tbb/blocked_range.h>
 #include <tbb/enumerable_thread_specific.h>
@@ -82,6 +85,11 @@ struct no_epilogue {
   }
 };
 
+// Runs nothing between two blocks of a product.
+struct no_hook {
+  void operator()() const {}
+};
+
 // C[i][v·W, v·W + W) (+)= Σ_{k<K} A[i·ais + k·aks] · B[k·ldb + v·W, ... + W) for i < M, v < V,
 // each result vector passed through epi before it is stored. B and C rows are SIMD-aligned.
 template <std::size_t M, std::size_t V, bool Add, class T, class E>
@@ -120,13 +128,20 @@ inline void block_tail(std::size_t m, const T* a, std::size_t ais, std::size_t a
   if constexpr (M > 1) block_tail<M - 1, V, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi);
 }
 
-// Rows [0, m) of C in blocks of MR rows (a tail block for the rest), V vectors wide.
-template <std::size_t MR, std::size_t V, bool Add, class T, class E>
+// Rows [0, m) of C in blocks of MR rows (a tail block for the rest), V vectors
+// wide; `between` runs after each block.
+template <std::size_t MR, std::size_t V, bool Add, class T, class E, class H = no_hook>
 inline void gemm_rows(std::size_t m, const T* a, std::size_t ais, std::size_t aks, const T* b, std::size_t ldb,
-                      std::size_t K, T* c, std::size_t ldc, const E& epi) {
+                      std::size_t K, T* c, std::size_t ldc, const E& epi, const H& between = {}) {
   std::size_t i = 0;
-  for (; i + MR <= m; i += MR) block<MR, V, Add>(a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
-  if (i < m) block_tail<MR - 1, V, Add>(m - i, a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
+  for (; i + MR <= m; i += MR) {
+    block<MR, V, Add>(a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
+    between();
+  }
+  if (i < m) {
+    block_tail<MR - 1, V, Add>(m - i, a + i * ais, ais, aks, b, ldb, K, c + i * ldc, ldc, epi);
+    between();
+  }
 }
 
 // C (m × nv vectors) (+)= A (m × K, strides ais, aks) · B (K × nv vectors), results through epi.
@@ -150,19 +165,31 @@ inline void gemm(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std
 // when few row vectors are active (the segments at causal diagonals and
 // window edges): on 32-register targets 8 rows keep 8 to 24 accumulators in
 // flight where gemm's 6 would leave 6 to 18 (fewer than the FMA pipes hold).
-// Each result is the same FMA chain in ascending k as gemm's.
-template <bool Add, class T, class E = no_epilogue>
+// Each result is the same FMA chain in ascending k as gemm's. `between` runs
+// after each block (the tile's paced cache-line requests).
+template <bool Add, class T, class E = no_epilogue, class H = no_hook>
 inline void gemm_fwd(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std::size_t aks, const T* b,
-                     std::size_t ldb, std::size_t K, T* c, std::size_t ldc, const E& epi = {}) {
-  if constexpr (blocking<T>::MR == 6) {
+                     std::size_t ldb, std::size_t K, T* c, std::size_t ldc, const E& epi = {},
+                     const H& between = {}) {
+  constexpr std::size_t W = simd<T>::size, NV = blocking<T>::NV, MR = blocking<T>::MR;
+  if constexpr (MR == 6) {
     switch (nv) {
-      case 1: return gemm_rows<8, 1, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi);
-      case 2: return gemm_rows<8, 2, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi);
-      case 3: return gemm_rows<8, 3, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi);
+      case 1: return gemm_rows<8, 1, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi, between);
+      case 2: return gemm_rows<8, 2, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi, between);
+      case 3: return gemm_rows<8, 3, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi, between);
       default: break;
     }
   }
-  gemm<Add>(m, nv, a, ais, aks, b, ldb, K, c, ldc, epi);
+  for (std::size_t v0 = 0; v0 < nv; v0 += NV) {
+    const T* bb = b + v0 * W;
+    T* cc = c + v0 * W;
+    switch (std::min(NV, nv - v0)) {
+      case 1: gemm_rows<MR, 1, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
+      case 2: gemm_rows<MR, 2, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
+      case 3: gemm_rows<MR, 3, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
+      default: gemm_rows<MR, 4, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
+    }
+  }
 }
 
 // --- vector forms of the elementwise policies (a scalar per-lane loop covers the rest)
@@ -391,6 +418,73 @@ struct next_rows {
   }
 };
 
+// One cache line requested for writing (into L1, owned: a later store to it
+// does not wait for the line to be read from memory).
+inline void prefetch_w(const char* p) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm volatile("prefetchw %0" : : "m"(*p));
+#else
+  __builtin_prefetch(p, 1, 3);
+#endif
+}
+
+// A wide tile's paced cache-line requests, `per` lines after each
+// micro-kernel block: rows to read into L2 (the query rows and the new key
+// and value rows of the tile likely run next on this thread), then rows to
+// write (this tile's output). Short windows leave each row only a few key
+// chunks, so a row's first read of Q, K and V and its output write would
+// otherwise wait on memory about once per few chunks; requested all at once,
+// the requests stall on the fill buffers instead.
+struct line_feed {
+  static constexpr std::size_t groups = 4;
+  const char* const* row = nullptr;  // row starts, group after group
+  std::size_t n[groups] = {}, lines[groups] = {};
+  std::size_t nread = 0, per = 0;  // groups [0, nread) are read, the rest written
+  std::size_t g = 0, r = 0, l = 0, at = 0;  // next group, its row, line, and the row's index in `row`
+  void add(std::size_t rows, std::size_t row_lines) {
+    for (std::size_t u = 0; u < groups; ++u)
+      if (n[u] == 0) {
+        n[u] = rows;
+        lines[u] = row_lines;
+        return;
+      }
+  }
+  void step() {
+    for (std::size_t k = 0; k < per && g < groups; ++k) {
+      if (r == n[g]) {
+        ++g;
+        r = l = 0;
+        --k;
+        continue;
+      }
+      const char* x = row[at] + l * 64;
+      if (g < nread) prefetch_l2(x);
+      else prefetch_w(x);
+      if (++l == lines[g]) {
+        l = 0;
+        ++r;
+        ++at;
+      }
+    }
+  }
+};
+// One core's L2 in bytes (2 MiB where the system does not say).
+inline std::size_t l2_bytes() {
+  static const std::size_t n = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long x = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (x > 0) return std::size_t(x);
+#endif
+    return std::size_t(2) << 20;
+  }();
+  return n;
+}
+
+struct feed_step {
+  line_feed* f;
+  void operator()() const { f->step(); }
+};
+
 // s[r·ld + jj] = q_r · k_jj for r < nr (nr a multiple of 4), jj < nk; during
 // the first four rows' pass, row jj of `next` is requested with key jj.
 template <class T>
@@ -555,8 +649,10 @@ struct scratch {
   std::vector<key_range> range;
   std::vector<std::size_t> span, cut;
   std::vector<segment> seg;
+  std::vector<const char*> feed;  // wide kernel: line_feed's row starts
   void reserve_wide(std::size_t rows, std::size_t bk, std::size_t df, std::size_t dv, std::size_t dmax) {
     const std::size_t nv = rows / simd<T>::size;
+    feed.assign(2 * rows + 2 * bk, nullptr);
     span.assign(4 * nv, 0);
     cut.assign(2 * nv + 2, 0);
     seg.assign(2 * nv + 1, segment{});
@@ -734,6 +830,65 @@ struct kernel {
     for (std::size_t i = 0; i < W; ++i)
       for (std::size_t e = e0; e < dv; ++e) o[i][e] = ot[e * R + r0 + i] * f[i];
   }
+  // The line feed of the tile at (b, hk, i0) with nr rows, nv row vectors and
+  // keys [t_lo, t_hi): for the tile the driver runs next on this thread (the
+  // one before in position, else the next pair's last), its query rows and,
+  // in the same pair, the rows of its first key chunk that lie below t_lo;
+  // then this tile's output rows. Paced to end about when the tile's products do.
+  // None when one pair's keys and values fit in L2: the rows are then mostly
+  // still cached, and the requests cost more than they save.
+  line_feed make_feed(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, std::size_t nr, std::size_t nv,
+                      std::size_t t_lo, std::size_t t_hi, const T* keys, std::size_t kstride) const {
+    line_feed f;
+    if (p.tk * (df + dv) * sizeof(T) <= l2_bytes()) return f;
+    const char** row = sc.feed.data();
+    std::size_t at = 0;
+    auto lines = [](const void* x, std::size_t n, std::size_t stride) {
+      // whole lines from x's line on; one more when rows do not start on a line
+      const bool aligned = reinterpret_cast<std::uintptr_t>(x) % 64 == 0 && stride * sizeof(T) % 64 == 0;
+      return (n * sizeof(T) + 63) / 64 + (aligned ? 0 : 1);
+    };
+    auto line_of = [](const T* x) {
+      return reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(x) / 64 * 64);
+    };
+    std::size_t nb = b, nh = hk, n0 = 0;
+    bool next = true;
+    if (i0 >= ni) {
+      n0 = i0 - ni;
+    } else {
+      if (++nh == p.kv_heads) {
+        nh = 0;
+        ++nb;
+      }
+      next = nb < p.batch;
+      n0 = (p.tq - 1) / ni * ni;
+    }
+    if (next) {
+      const std::size_t n1 = std::min(n0 + ni, p.tq), rows_next = (n1 - n0) * group;
+      for (std::size_t r = 0; r < rows_next; ++r) row[at++] = line_of(q.row(nb, nh * group + r % group, n0 + r / group));
+      f.add(rows_next, lines(q.row(nb, nh * group, n0), d, q.stride_t));
+      const key_range first = a.mask.range(nb, n0, p.tq, p.tk), last = a.mask.range(nb, n1 - 1, p.tq, p.tk);
+      const std::size_t k0 = first.lo, k1 = std::min({last.hi, t_lo, k0 + bk});
+      if (nb == b && nh == hk && k0 < k1) {
+        for (std::size_t j = k0; j < k1; ++j) row[at++] = line_of(keys + j * kstride);
+        f.add(k1 - k0, lines(keys + k0 * kstride, df, kstride));
+        for (std::size_t j = k0; j < k1; ++j) row[at++] = line_of(v.row(b, hk, j));
+        f.add(k1 - k0, lines(v.row(b, hk, k0), dv, v.stride_t));
+      }
+    }
+    f.nread = at ? std::size_t(std::count_if(f.n, f.n + line_feed::groups, [](std::size_t x) { return x > 0; })) : 0;
+    for (std::size_t r = 0; r < nr; ++r) row[at++] = line_of(out.row(b, sc.head[r], sc.qrow[r]));
+    f.add(nr, lines(out.row(b, sc.head[0], sc.qrow[0]), dv, out.stride_t));
+    f.row = row;
+    constexpr std::size_t MR = blocking<T>::MR, NV = blocking<T>::NV;
+    const std::size_t nchunks = t_hi > t_lo ? (t_hi - t_lo + bk - 1) / bk : 0;
+    const std::size_t blocks = nchunks * ((bk + MR - 1) / MR + (dv + MR - 1) / MR) * ((nv + NV - 1) / NV);
+    std::size_t total = 0;
+    for (std::size_t u = 0; u < line_feed::groups; ++u) total += f.n[u] * f.lines[u];
+    f.per = blocks ? std::max<std::size_t>(1, (total + blocks - 1) / blocks) : 0;
+    return f;
+  }
+
   void wide_tile(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, const T* keys, std::size_t kstride,
                  const T* kstar) const {
     const std::size_t R = rows;  // lanes per tile, a multiple of W
@@ -775,6 +930,8 @@ struct kernel {
       full_hi[g] = whole ? sc.range[r0].hi : 0;
     }
     const std::size_t t_lo = span_lo[0], t_hi = span_hi[nvc - 1];
+    line_feed feed = make_feed(sc, b, hk, i0, nr, nv, t_lo, t_hi, keys, kstride);
+    const feed_step between{&feed};
     std::size_t* cut = sc.cut.data();
     segment* seg = sc.seg.data();
     for (std::size_t j0 = t_lo; j0 < t_hi; j0 += bk) {
@@ -811,9 +968,11 @@ struct kernel {
             norm_vec(a.norm, x, x, w, unused);
             return w;
           };
-          gemm_fwd<false>(sg.hi - sg.lo, sg.g1 - sg.g0, kin, kstride, 1, qt + sg.g0 * W, R, df, sout, R, weigh);
+          gemm_fwd<false>(sg.hi - sg.lo, sg.g1 - sg.g0, kin, kstride, 1, qt + sg.g0 * W, R, df, sout, R, weigh,
+                          between);
         } else {
-          gemm_fwd<false>(sg.hi - sg.lo, sg.g1 - sg.g0, kin, kstride, 1, qt + sg.g0 * W, R, df, sout, R);
+          gemm_fwd<false>(sg.hi - sg.lo, sg.g1 - sg.g0, kin, kstride, 1, qt + sg.g0 * W, R, df, sout, R,
+                          no_epilogue{}, between);
         }
       }
       for (std::size_t g = 0; g < nvc; ++g) {
@@ -823,7 +982,7 @@ struct kernel {
       for (std::size_t u = 0; u < ns; ++u) {
         const segment& sg = seg[u];
         gemm_fwd<true>(dv, sg.g1 - sg.g0, v.row(b, hk, sg.lo), 1, v.stride_t, st + (sg.lo - j0) * R + sg.g0 * W, R,
-                   sg.hi - sg.lo, ot + sg.g0 * W, R);
+                       sg.hi - sg.lo, ot + sg.g0 * W, R, no_epilogue{}, between);
       }
     }
     std::size_t r = 0;
