@@ -1235,7 +1235,15 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
   const bool wide = p.tq * group >= W;
   std::size_t ni, rows;
   if (wide) {
-    const std::size_t want = std::max(W, (opt.query_tile + W - 1) / W * W);
+    std::size_t want = std::max(W, (opt.query_tile + W - 1) / W * W);
+    // Under a band (the last row sees `band` < tk keys, as under a sliding
+    // window), each vector of rows joins and leaves the band 16 keys after
+    // the one before, in thin segments that run the small blocks; a tile of
+    // n vectors spends about (n - 1)·W of each vector's band + W keys there.
+    // At most band / (8·W) vectors (at least one) keep that near 1/8.
+    const key_range last = a.mask.range(0, p.tq - 1, p.tq, p.tk);
+    if (const std::size_t band = last.hi - last.lo; band < p.tk)
+      want = std::min(want, std::max<std::size_t>(1, band / (8 * W)) * W);
     ni = std::max<std::size_t>(1, std::min(p.tq, want / group));
     rows = (ni * group + W - 1) / W * W;
   } else {
