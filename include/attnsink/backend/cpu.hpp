@@ -835,13 +835,13 @@ struct kernel {
   // one before in position, else the next pair's last), its query rows and,
   // in the same pair, the rows of its first key chunk that lie below t_lo;
   // then this tile's output rows. Paced to end about when the tile's products do.
-  // The reads only when one pair's keys and values exceed L2 (else the rows
+  // The reads only when one pair's keys and values fill L2 (else the rows
   // are mostly still cached, and the requests cost more than they save); the
   // output rows always (their stores otherwise wait on the lines' reads).
   line_feed make_feed(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, std::size_t nr, std::size_t nv,
                       std::size_t t_lo, std::size_t t_hi, const T* keys, std::size_t kstride) const {
     line_feed f;
-    const bool reads = p.tk * (df + dv) * sizeof(T) > l2_bytes();
+    const bool reads = p.tk * (df + dv) * sizeof(T) >= l2_bytes();
     const char** row = sc.feed.data();
     std::size_t at = 0;
     auto lines = [](const void* x, std::size_t n, std::size_t stride) {
