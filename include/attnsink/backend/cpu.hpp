@@ -881,9 +881,13 @@ struct kernel {
     for (std::size_t r = 0; r < nr; ++r) row[at++] = line_of(out.row(b, sc.head[r], sc.qrow[r]));
     f.add(nr, lines(out.row(b, sc.head[0], sc.qrow[0]), dv, out.stride_t));
     f.row = row;
-    constexpr std::size_t MR = blocking<T>::MR, NV = blocking<T>::NV;
+    // gemm_fwd's blocks per chunk (its rows per block: 8 below NV vectors on
+    // 32-register targets); the band edges' thin segments add more, so the
+    // feed ends early rather than late.
+    constexpr std::size_t NV = blocking<T>::NV;
+    const std::size_t mr = blocking<T>::MR == 6 && nv < NV ? 8 : blocking<T>::MR;
     const std::size_t nchunks = t_hi > t_lo ? (t_hi - t_lo + bk - 1) / bk : 0;
-    const std::size_t blocks = nchunks * ((bk + MR - 1) / MR + (dv + MR - 1) / MR) * ((nv + NV - 1) / NV);
+    const std::size_t blocks = nchunks * ((bk + mr - 1) / mr + (dv + mr - 1) / mr) * ((nv + NV - 1) / NV);
     std::size_t total = 0;
     for (std::size_t u = 0; u < line_feed::groups; ++u) total += f.n[u] * f.lines[u];
     f.per = blocks ? std::max<std::size_t>(1, (total + blocks - 1) / blocks) : 0;
