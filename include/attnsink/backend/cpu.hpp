@@ -835,9 +835,10 @@ struct kernel {
   // one before in position, else the next pair's last), its query rows and,
   // in the same pair, the rows of its first key chunk that lie below t_lo;
   // then this tile's output rows. Paced to end about when the tile's products do.
-  // The reads only when one pair's keys and values fill L2 (else the rows
-  // are mostly still cached, and the requests cost more than they save); the
-  // output rows always (their stores otherwise wait on the lines' reads).
+  // The key and value rows only when one pair's keys and values fill L2
+  // (else they are mostly still cached from the tiles before, and the
+  // requests cost more than they save); the query and output rows always
+  // (each is read or written once per call).
   line_feed make_feed(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, std::size_t nr, std::size_t nv,
                       std::size_t t_lo, std::size_t t_hi, const T* keys, std::size_t kstride) const {
     line_feed f;
@@ -864,10 +865,13 @@ struct kernel {
       next = nb < p.batch;
       n0 = (p.tq - 1) / ni * ni;
     }
-    if (next && reads) {
+    if (next) {
       const std::size_t n1 = std::min(n0 + ni, p.tq), rows_next = (n1 - n0) * group;
       for (std::size_t r = 0; r < rows_next; ++r) row[at++] = line_of(q.row(nb, nh * group + r % group, n0 + r / group));
       f.add(rows_next, lines(q.row(nb, nh * group, n0), d, q.stride_t));
+    }
+    if (next && reads) {
+      const std::size_t n1 = std::min(n0 + ni, p.tq);
       const key_range first = a.mask.range(nb, n0, p.tq, p.tk), last = a.mask.range(nb, n1 - 1, p.tq, p.tk);
       const std::size_t k0 = first.lo, k1 = std::min({last.hi, t_lo, k0 + bk});
       if (nb == b && nh == hk && k0 < k1) {
