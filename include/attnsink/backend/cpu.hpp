@@ -387,21 +387,29 @@ inline void transpose16(__m512 (&r)[16]) {
 }
 #endif
 
-// K and V rows [0, n) of a later tile, asked into L2 one row at a time while
-// the current tile's dot products run (decode is memory-bound: spread over
-// the compute, the requests keep the core's misses in flight; one burst per
-// tile stalled on the fill buffers and left the compute and the loads apart).
-// One cache line into L2. GCC deletes a loop whose body is only
-// __builtin_prefetch (it has no side effects, and such loops are assumed to
-// finish), so on x86 the request is an asm statement the optimizer keeps.
-inline void prefetch_l2(const char* p) {
+// One cache line requested ahead of use: into L2 for reading, or into L1
+// owned for writing (a later store to it does not wait for the line to be
+// read from memory). GCC deletes a loop whose body is only __builtin_prefetch
+// (it has no side effects, and such loops are assumed to finish), so on x86
+// the request is an asm statement the optimizer keeps.
+template <bool Write>
+inline void prefetch(const char* p) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  asm volatile("prefetcht1 %0" : : "m"(*p));
+  if constexpr (Write) asm volatile("prefetchw %0" : : "m"(*p));
+  else asm volatile("prefetcht1 %0" : : "m"(*p));
 #else
-  __builtin_prefetch(p, 0, 2);
+  __builtin_prefetch(p, Write ? 1 : 0, Write ? 3 : 2);
 #endif
 }
+inline void prefetch_l2(const char* p) { prefetch<false>(p); }
+inline void prefetch_w(const char* p) { prefetch<true>(p); }
 
+// K and V rows [0, n) of a later tile, asked into L2 a row at a time while
+// the current tile's products run: K row j with key j of the dot products,
+// V row j's features [f0, f1) with key j of the P·V pass over those
+// features. Decode is memory-bound: spread over the compute, the requests
+// keep the core's misses in flight; one burst per tile stalled on the fill
+// buffers and left the compute and the loads apart.
 template <class T>
 struct next_rows {
   const T* k = nullptr;
@@ -409,24 +417,17 @@ struct next_rows {
   const T* v = nullptr;
   std::size_t vstride = 0, vfloats = 0;
   std::size_t n = 0;
-  void fetch(std::size_t j) const {
+  void fetch_k(std::size_t j) const {
     if (j >= n) return;
     const char* kr = reinterpret_cast<const char*>(k + j * kstride);
-    const char* vr = reinterpret_cast<const char*>(v + j * vstride);
     for (std::size_t off = 0; off < kfloats * sizeof(T); off += 64) prefetch_l2(kr + off);
-    for (std::size_t off = 0; off < vfloats * sizeof(T); off += 64) prefetch_l2(vr + off);
+  }
+  void fetch_v(std::size_t j, std::size_t f0, std::size_t f1) const {
+    if (j >= n) return;
+    const char* vr = reinterpret_cast<const char*>(v + j * vstride);
+    for (std::size_t off = f0 * sizeof(T); off < std::min(f1, vfloats) * sizeof(T); off += 64) prefetch_l2(vr + off);
   }
 };
-
-// One cache line requested for writing (into L1, owned: a later store to it
-// does not wait for the line to be read from memory).
-inline void prefetch_w(const char* p) {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  asm volatile("prefetchw %0" : : "m"(*p));
-#else
-  __builtin_prefetch(p, 1, 3);
-#endif
-}
 
 // A wide tile's paced cache-line requests, `per` lines after each
 // micro-kernel block: rows to read into L2 (the query rows and the new key
@@ -502,7 +503,7 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
         for (; jj + 4 <= nk; jj += 4) {
           const T* kr = keys + jj * kstride;
           if (r == 0)
-            for (std::size_t k = jj; k < jj + 4; ++k) next.fetch(k);
+            for (std::size_t k = jj; k < jj + 4; ++k) next.fetch_k(k);
           __m512 acc[4][4];
           for (auto& ak : acc)
             for (auto& x : ak) x = _mm512_setzero_ps();
@@ -526,7 +527,7 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
 #endif
     for (; jj < nk; ++jj) {
       const T* kr = keys + jj * kstride;
-      if (r == 0) next.fetch(jj);
+      if (r == 0) next.fetch_k(jj);
       simd<T> a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
       for (std::size_t c = 0; c < dfv; c += W) {
         const simd<T> kv = simd<T>::load_unaligned(kr + c);
@@ -554,7 +555,7 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
 // Each output element is one FMA chain in ascending j: the order is fixed.
 template <class T>
 inline void gemm_acc(const T* P, std::size_t ldp, const T* B, std::size_t ldb, std::size_t nk, T* C, std::size_t ldc,
-                     std::size_t nr, std::size_t n) {
+                     std::size_t nr, std::size_t n, const next_rows<T>& next = {}) {
   constexpr std::size_t W = simd<T>::size;
   for (std::size_t r = 0; r < nr; r += 4) {
     const T* p0 = P + r * ldp;
@@ -567,6 +568,7 @@ inline void gemm_acc(const T* P, std::size_t ldp, const T* B, std::size_t ldb, s
       simd<T> a30 = simd<T>::load_unaligned(o0 + 3 * ldc + e), a31 = simd<T>::load_unaligned(o0 + 3 * ldc + e + W);
       const T* bj = B + e;
       for (std::size_t j = 0; j < nk; ++j, bj += ldb) {
+        if (r == 0) next.fetch_v(j, e, e + 2 * W);
         const simd<T> b0 = simd<T>::load_unaligned(bj), b1 = simd<T>::load_unaligned(bj + W);
         const simd<T> x0(p0[j]), x1(p0[ldp + j]), x2(p0[2 * ldp + j]), x3(p0[3 * ldp + j]);
         a00 = xsimd::fma(x0, b0, a00); a01 = xsimd::fma(x0, b1, a01);
@@ -583,8 +585,10 @@ inline void gemm_acc(const T* P, std::size_t ldp, const T* B, std::size_t ldb, s
       for (std::size_t rr = 0; rr < 4; ++rr) {
         simd<T> a = simd<T>::load_unaligned(o0 + rr * ldc + e);
         const T* bj = B + e;
-        for (std::size_t j = 0; j < nk; ++j, bj += ldb)
+        for (std::size_t j = 0; j < nk; ++j, bj += ldb) {
+          if (r == 0 && rr == 0) next.fetch_v(j, e, n);  // the rest of the row
           a = xsimd::fma(simd<T>(p0[rr * ldp + j]), simd<T>::load_unaligned(bj), a);
+        }
         a.store_unaligned(o0 + rr * ldc + e);
       }
     for (; e < n; ++e)
@@ -1172,7 +1176,7 @@ struct kernel {
             }
           update(sc, r, s, c0, c1, nk);
         }
-        gemm_acc(sc.s.data(), bk, v.row(b, hk, j0), v.stride_t, nk, sc.acc.data(), dv, nrp, dv);
+        gemm_acc(sc.s.data(), bk, v.row(b, hk, j0), v.stride_t, nk, sc.acc.data(), dv, nrp, dv, next);
       }
     }
     for (std::size_t r = 0; r < nr; ++r) {
