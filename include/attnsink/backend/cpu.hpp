@@ -51,6 +51,9 @@ namespace backend {
 // Tag: the fused CPU backend. Options: the tile sizes (rows of queries, keys).
 struct cpu {
   // Query rows per tile (wide kernel: rounded up to whole SIMD vectors).
+  // Under a band mask (a sliding window: the last row sees band < tokens
+  // keys) the wide kernel lowers it to at most band / 8 rows (at least one
+  // vector), so that few rows share each tile's ragged band edges.
   std::size_t query_tile = 64;
   std::size_t key_tile = 64;
   // Prepared (rotated / feature-mapped) keys are made for as many (batch, kv
