@@ -781,14 +781,28 @@ bool run_cuda(const backend::kokkos<E>&, const A&, const problem&, tensor4<const
 
 // The largest head, feature and value dim the kernels are compiled for
 // (64, 128 or 256): every capacity up to it is instantiated per attention
-// type and device kernel, so a CUDA build of many types (the test programs)
-// compiles about a third faster with 128.
+// type and device kernel, so a smaller value saves compile time.
 #ifndef ATTNSINK_KOKKOS_MAX_DIM
 #define ATTNSINK_KOKKOS_MAX_DIM 256
 #endif
 static_assert(ATTNSINK_KOKKOS_MAX_DIM == 64 || ATTNSINK_KOKKOS_MAX_DIM == 128 || ATTNSINK_KOKKOS_MAX_DIM == 256,
               "attnsink: ATTNSINK_KOKKOS_MAX_DIM must be 64, 128 or 256");
 inline constexpr int max_dim = ATTNSINK_KOKKOS_MAX_DIM;
+
+// Calls f.template operator()<Cap>() with the register capacity for `need`
+// (set_dims' result): on a device the smallest of 64, 128 and max_dim that
+// holds it; on the host max_dim alone (one instantiation; registers are not
+// scarce there).
+template <bool Host, class F>
+void with_capacity(std::size_t need, F&& f) {
+  if constexpr (Host) {
+    f.template operator()<max_dim>();
+  } else {
+    if (need <= 64 || max_dim == 64) f.template operator()<64>();
+    else if (need <= 128 || max_dim == 128) f.template operator()<(max_dim < 128 ? max_dim : 128)>();
+    else f.template operator()<max_dim>();
+  }
+}
 
 // Fills the head, feature and value dims (and their 4-padded widths) and the
 // GQA group of a launch geometry G (the forward's layout, the backward's
@@ -844,13 +858,7 @@ void run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<con
     g.qtiles = (p.tq + g.ni - 1) / g.ni;
     launch<Cap>(be, a, p, g, q, k, v, out, stats);
   };
-  if constexpr (host) {
-    go.template operator()<max_dim>();
-  } else {
-    if (need <= 64 || max_dim == 64) go.template operator()<64>();
-    else if (need <= 128 || max_dim == 128) go.template operator()<(max_dim < 128 ? max_dim : 128)>();
-    else go.template operator()<max_dim>();
-  }
+  with_capacity<host>(need, go);
 }
 
 // Contiguous copy of x in Space's memory.

@@ -599,14 +599,7 @@ void run(const backend::kokkos<E>& be, const A& a, const problem& p, tensor4<con
   ge.chunk = ge.np ? 256 : 1;
   ge.qchunks = (p.batch * p.heads * p.tq + ge.chunk - 1) / ge.chunk;
   ge.nchunks = ge.qchunks + (p.batch * p.kv_heads * p.tk + ge.chunk - 1) / ge.chunk;
-  using kokkos_detail::max_dim;
-  if constexpr (host) {
-    launch<max_dim>(be, pl, out, sm, sl);
-  } else {
-    if (need <= 64 || max_dim == 64) launch<64>(be, pl, out, sm, sl);
-    else if (need <= 128 || max_dim == 128) launch<(max_dim < 128 ? max_dim : 128)>(be, pl, out, sm, sl);
-    else launch<max_dim>(be, pl, out, sm, sl);
-  }
+  kokkos_detail::with_capacity<host>(need, [&]<int Cap>() { launch<Cap>(be, pl, out, sm, sl); });
 }
 
 // The forward (when nothing was saved), then run(); operands in E's memory.
