@@ -37,7 +37,9 @@
 #include <type_traits>
 #include <vector>
 
-#include <unistd.h>
+#if __has_include(<unistd.h>)
+#include <unistd.h>  // sysconf: the L2 size
+#endif
 
 #include <tbb/blocked_range.h>
 #include <tbb/enumerable_thread_specific.h>
@@ -147,19 +149,20 @@ inline void gemm_rows(std::size_t m, const T* a, std::size_t ais, std::size_t ak
   }
 }
 
-// C (m × nv vectors) (+)= A (m × K, strides ais, aks) · B (K × nv vectors), results through epi.
-template <bool Add, class T, class E = no_epilogue>
+// C (m × nv vectors) (+)= A (m × K, strides ais, aks) · B (K × nv vectors),
+// results through epi; `between` runs after each block.
+template <bool Add, class T, class E = no_epilogue, class H = no_hook>
 inline void gemm(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std::size_t aks, const T* b,
-                 std::size_t ldb, std::size_t K, T* c, std::size_t ldc, const E& epi = {}) {
-  constexpr std::size_t W = simd<T>::size, NV = blocking<T>::NV;
+                 std::size_t ldb, std::size_t K, T* c, std::size_t ldc, const E& epi = {}, const H& between = {}) {
+  constexpr std::size_t W = simd<T>::size, NV = blocking<T>::NV, MR = blocking<T>::MR;
   for (std::size_t v0 = 0; v0 < nv; v0 += NV) {
     const T* bb = b + v0 * W;
     T* cc = c + v0 * W;
     switch (std::min(NV, nv - v0)) {
-      case 1: gemm_rows<blocking<T>::MR, 1, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
-      case 2: gemm_rows<blocking<T>::MR, 2, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
-      case 3: gemm_rows<blocking<T>::MR, 3, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
-      default: gemm_rows<blocking<T>::MR, 4, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi); break;
+      case 1: gemm_rows<MR, 1, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
+      case 2: gemm_rows<MR, 2, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
+      case 3: gemm_rows<MR, 3, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
+      default: gemm_rows<MR, 4, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
     }
   }
 }
@@ -174,8 +177,7 @@ template <bool Add, class T, class E = no_epilogue, class H = no_hook>
 inline void gemm_fwd(std::size_t m, std::size_t nv, const T* a, std::size_t ais, std::size_t aks, const T* b,
                      std::size_t ldb, std::size_t K, T* c, std::size_t ldc, const E& epi = {},
                      const H& between = {}) {
-  constexpr std::size_t W = simd<T>::size, NV = blocking<T>::NV, MR = blocking<T>::MR;
-  if constexpr (MR == 6) {
+  if constexpr (blocking<T>::MR == 6) {
     switch (nv) {
       case 1: return gemm_rows<8, 1, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi, between);
       case 2: return gemm_rows<8, 2, Add>(m, a, ais, aks, b, ldb, K, c, ldc, epi, between);
@@ -183,16 +185,7 @@ inline void gemm_fwd(std::size_t m, std::size_t nv, const T* a, std::size_t ais,
       default: break;
     }
   }
-  for (std::size_t v0 = 0; v0 < nv; v0 += NV) {
-    const T* bb = b + v0 * W;
-    T* cc = c + v0 * W;
-    switch (std::min(NV, nv - v0)) {
-      case 1: gemm_rows<MR, 1, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
-      case 2: gemm_rows<MR, 2, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
-      case 3: gemm_rows<MR, 3, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
-      default: gemm_rows<MR, 4, Add>(m, a, ais, aks, bb, ldb, K, cc, ldc, epi, between); break;
-    }
-  }
+  gemm<Add>(m, nv, a, ais, aks, b, ldb, K, c, ldc, epi, between);
 }
 
 // --- vector forms of the elementwise policies (a scalar per-lane loop covers the rest)
