@@ -690,22 +690,15 @@ struct kernel {
   static constexpr bool has_kv = bias_t::has_kv;
   static constexpr bool exp_fast = std::is_base_of_v<norm::exp_family, norm_t>;
   static constexpr bool alibi_fast = std::is_same_v<bias_t, bias::alibi>;
-  // Weights that need no row state (sigmoid, elu+1, identity) are formed in
-  // the score block's registers as it is stored, saving a pass over Sᵀ;
-  // normalize() then only zeroes masked lanes.
-  // The sigmoid is fused only with AVX-512's float form (sigmoid_fast): its
-  // constants then spill a few accumulators once per block, after the
-  // product's loop, which stays spill-free. Elsewhere its exponential and
-  // reciprocal need more constants than 16-register targets hold beside a
-  // block's accumulators, and its own pass over Sᵀ runs faster.
-#if defined(__AVX512F__)
-  static constexpr bool sigmoid_fuses = std::is_same_v<T, float> && simd<T>::size == 16;
-#else
-  static constexpr bool sigmoid_fuses = false;
-#endif
+  // Weights that need no row state (elu+1, identity) are formed in the score
+  // block's registers as it is stored, saving a pass over Sᵀ; normalize()
+  // then only zeroes masked lanes. The sigmoid is not fused: its exponential
+  // and reciprocal need more constants than the registers beside a block's
+  // accumulators hold. On AVX-512 fusing it spilled accumulators once per
+  // block and ran about 2% slower at d = 64 than its own pass over Sᵀ
+  // (paired runs, 2026-11-29); on 16-register targets, more.
   static constexpr bool fused = vec_norm<norm_t> && !norm_t::tracks_max && !norm_t::has_denominator &&
-                                !score_t::has_post && !bias_t::additive &&
-                                (sigmoid_fuses || !std::is_same_v<norm_t, norm::sigmoid>);
+                                !score_t::has_post && !bias_t::additive && !std::is_same_v<norm_t, norm::sigmoid>;
   static constexpr std::size_t W = simd<T>::size;
 
   const A& a;
