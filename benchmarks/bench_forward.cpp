@@ -173,10 +173,10 @@ backend::cpu bench_backend() {
 }
 
 template <class V>
-void BM_forward(benchmark::State& state, mask::dynamic m, std::size_t heads = 8) {
+void BM_forward(benchmark::State& state, mask::dynamic m, std::size_t heads = 8, std::size_t keys = 0) {
   thread_cap();
   const std::size_t t = std::size_t(state.range(0)), d = std::size_t(state.range(1));
-  operands x(heads, heads, t, t, d);
+  operands x(heads, heads, t, keys ? keys : t, d);
   const auto a = variants::make<V>(x.settings(m));
   const backend::cpu be = bench_backend();
   forward(be, a, x.Q(), x.K(), x.V(), x.O());  // warm: threads, pages
@@ -305,6 +305,18 @@ void BM_memory_T32768(benchmark::State& state) {
   register_variant<variants::softmax>("softmax", false, false, {kind::window, 256}, "sliding_window_256");
   register_variant<variants::kv_bias>("kv_bias", true, true);
   register_variant<variants::kernel_elu1>("kernel_elu1", true, true);
+  // The window's work without its band: every query row sees the same 256
+  // keys, no mask (the visible pairs of sliding_window_256 past its first 255
+  // rows, with the same rows per key). Window ÷ this is the cost of the band's
+  // edges; this ÷ causal, of the rows' own work over fewer keys each.
+  {
+    auto* b = benchmark::RegisterBenchmark("forward/softmax/full_keys256", [](benchmark::State& s) {
+      BM_forward<variants::softmax>(s, {kind::none, 0}, 8, 256);
+    });
+    b->ArgNames({"T", "d"})->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int d : {64, 128})
+      for (int t : {2048, 4096}) b->Args({t, d});
+  }
   // The trainer's attention shape (B=32, H=4, T=256, d=32, causal) as B=1, H=128:
   // the same (batch, head) pairs and tiles for the backend.
   benchmark::RegisterBenchmark("forward/softmax/causal/trainer_BH128", [](benchmark::State& s) {
