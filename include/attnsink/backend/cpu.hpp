@@ -437,7 +437,7 @@ struct line_feed {
   const char* const* row = nullptr;  // row starts, group after group
   std::size_t n[groups] = {}, lines[groups] = {};
   std::size_t nread = 0, per = 0;  // groups [0, nread) are read, the rest written
-  std::size_t g = 0, r = 0, l = 0, at = 0;  // next group, its row, line, and the row's index in `row`
+  std::size_t g = 0, r = 0, at = 0;  // next group, its row, and the row's index in `row`
   void add(std::size_t rows, std::size_t row_lines) {
     for (std::size_t u = 0; u < groups; ++u)
       if (n[u] == 0) {
@@ -446,22 +446,23 @@ struct line_feed {
         return;
       }
   }
+  // About `per` lines, a whole row's at a time: the bookkeeping is per row
+  // (a per-line walk cost more instructions than the requests themselves).
   void step() {
-    for (std::size_t k = 0; k < per && g < groups; ++k) {
+    for (std::size_t k = 0; k < per && g < groups;) {
       if (r == n[g]) {
         ++g;
-        r = l = 0;
-        --k;
+        r = 0;
         continue;
       }
-      const char* x = row[at] + l * 64;
-      if (g < nread) prefetch_l2(x);
-      else prefetch_w(x);
-      if (++l == lines[g]) {
-        l = 0;
-        ++r;
-        ++at;
-      }
+      const char* x = row[at++];
+      const std::size_t nl = lines[g];
+      if (g < nread)
+        for (std::size_t u = 0; u < nl; ++u) prefetch_l2(x + u * 64);
+      else
+        for (std::size_t u = 0; u < nl; ++u) prefetch_w(x + u * 64);
+      ++r;
+      k += nl;
     }
   }
 };
