@@ -53,9 +53,10 @@ namespace backend {
 // Tag: the fused CPU backend. Options: the tile sizes (rows of queries, keys).
 struct cpu {
   // Query rows per tile (wide kernel: rounded up to whole SIMD vectors).
-  // Under a band mask (a sliding window: the last row sees band < tokens
-  // keys) the wide kernel lowers it to at most band / 8 rows (at least one
-  // vector), so that few rows share each tile's ragged band edges.
+  // Under a band mask (no row sees more than band < tokens keys: a sliding
+  // window, packed short documents) the wide kernel lowers it to at most
+  // band / 8 rows (at least one vector), so that few rows share each tile's
+  // ragged band edges.
   std::size_t query_tile = 64;
   std::size_t key_tile = 64;
   // Prepared (rotated / feature-mapped) keys are made for as many (batch, kv
@@ -1238,14 +1239,20 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
   std::size_t ni, rows;
   if (wide) {
     std::size_t want = std::max(W, (opt.query_tile + W - 1) / W * W);
-    // Under a band (the last row sees `band` < tk keys, as under a sliding
-    // window), each vector of rows joins and leaves the band 16 keys after
-    // the one before, in thin segments that run the small blocks; a tile of
-    // n vectors spends about (n - 1)·W of each vector's band + W keys there.
-    // At most band / (8·W) vectors (at least one) keep that near 1/8.
-    const key_range last = a.mask.range(0, p.tq - 1, p.tq, p.tk);
-    if (const std::size_t band = last.hi - last.lo; band < p.tk)
-      want = std::min(want, std::max<std::size_t>(1, band / (8 * W)) * W);
+    // Under a band (no row of any batch sees more than `band` < tk keys, as
+    // under a sliding window), each vector of rows joins and leaves the band
+    // 16 keys after the one before, in thin segments that run the small
+    // blocks; a tile of n vectors spends about (n - 1)·W of each vector's
+    // band + W keys there. At most band / (8·W) vectors (at least one) keep
+    // that near 1/8. The scan is O(batch · rows) mask lookups, from the last
+    // row up (a causal mask's last row ends it at once).
+    std::size_t band = 0;
+    for (std::size_t b = 0; b < p.batch && band < p.tk; ++b)
+      for (std::size_t i = p.tq; i-- > 0 && band < p.tk;) {
+        const key_range r = a.mask.range(b, i, p.tq, p.tk);
+        band = std::max(band, r.hi - r.lo);
+      }
+    if (band < p.tk) want = std::min(want, std::max<std::size_t>(1, band / (8 * W)) * W);
     ni = std::max<std::size_t>(1, std::min(p.tq, want / group));
     rows = (ni * group + W - 1) / W * W;
   } else {
