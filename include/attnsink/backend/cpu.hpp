@@ -860,13 +860,13 @@ struct kernel {
       next = nb < p.batch;
       n0 = (p.tq - 1) / ni * ni;
     }
+    const std::size_t n1 = std::min(n0 + ni, p.tq);
     if (next) {
-      const std::size_t n1 = std::min(n0 + ni, p.tq), rows_next = (n1 - n0) * group;
+      const std::size_t rows_next = (n1 - n0) * group;
       for (std::size_t r = 0; r < rows_next; ++r) row[at++] = line_of(q.row(nb, nh * group + r % group, n0 + r / group));
       f.add(rows_next, lines(q.row(nb, nh * group, n0), d, q.stride_t));
     }
     if (next && reads) {
-      const std::size_t n1 = std::min(n0 + ni, p.tq);
       const key_range first = a.mask.range(nb, n0, p.tq, p.tk), last = a.mask.range(nb, n1 - 1, p.tq, p.tk);
       const std::size_t k0 = first.lo, k1 = std::min({last.hi, t_lo, k0 + bk});
       if (nb == b && nh == hk && k0 < k1) {
