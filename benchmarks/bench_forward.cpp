@@ -164,11 +164,17 @@ double forward_flops(const operands& x, const mask::dynamic& m) {
 
 // ---- our forward, per variant
 
-// The backend's tile options; ATTNSINK_BENCH_QTILE / ATTNSINK_BENCH_KTILE override them (tuning).
+// The backend's tile options; ATTNSINK_BENCH_QTILE / _KTILE / _TGROUP / _GKEYS
+// override query_tile, key_tile, tile_group and group_keys (tuning).
 backend::cpu bench_backend() {
   backend::cpu be{};
-  if (const char* s = std::getenv("ATTNSINK_BENCH_QTILE"); s && std::atoi(s) > 0) be.query_tile = std::size_t(std::atoi(s));
-  if (const char* s = std::getenv("ATTNSINK_BENCH_KTILE"); s && std::atoi(s) > 0) be.key_tile = std::size_t(std::atoi(s));
+  auto env = [](const char* name, std::size_t& field) {
+    if (const char* s = std::getenv(name); s && std::atoi(s) > 0) field = std::size_t(std::atoi(s));
+  };
+  env("ATTNSINK_BENCH_QTILE", be.query_tile);
+  env("ATTNSINK_BENCH_KTILE", be.key_tile);
+  env("ATTNSINK_BENCH_TGROUP", be.tile_group);
+  env("ATTNSINK_BENCH_GKEYS", be.group_keys);
   return be;
 }
 
