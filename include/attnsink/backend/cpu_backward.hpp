@@ -77,50 +77,13 @@ inline void tile_gemm(std::size_t m, std::size_t n, const T* a, std::size_t ais,
   cpu_detail::gemm<Add>(m, n / simd<T>::size, a, ais, aks, b, ldb, K, c, ldc);
 }
 
-// e^x, x finite. AVX-512 float: Cephes' expf polynomial with vscalefps (12
-// instructions, about half of xsimd::exp's); elsewhere xsimd::exp.
-template <class T>
-inline simd<T> exp_fast(const simd<T>& x) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float> && simd<T>::size == 16) {
-    const __m512 v = x;
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-    return _mm512_scalef_ps(y, n);
-  }
-#endif
-  return xsimd::exp(x);
-}
-
-// e^x for x <= 0 (a score minus its row's maximum), and 0 below -64: weights
-// under e^-64 ≈ 1.6e-28 of the row's largest are dropped rather than left to
-// become subnormal in the products (a microcode assist per operation; ALiBi's
-// distant keys do that).
+// e^x (the forward's fast_exp) for x <= 0 (a score minus its row's maximum),
+// and 0 below -64: weights under e^-64 ≈ 1.6e-28 of the row's largest are
+// dropped rather than left to become subnormal in the products (a microcode
+// assist per operation; ALiBi's distant keys do that).
 template <class T>
 inline simd<T> exp_weight(const simd<T>& x) {
-  return xsimd::select(x >= simd<T>(T(-64)), exp_fast(x), simd<T>(T(0)));
-}
-
-// σ(x) = 1/(1 + e^{-x}): the reciprocal estimate and one Newton step for float
-// (as the forward's kernel); -x clamped at 80 keeps 1 + e^{-x} finite and σ normal.
-template <class T>
-inline simd<T> sigmoid_fast(const simd<T>& x) {
-  const simd<T> y = simd<T>(T(1)) + exp_fast(xsimd::min(-x, simd<T>(T(80))));
-  if constexpr (std::is_same_v<T, float>) {
-    const simd<T> r = xsimd::reciprocal(y);
-    return r * xsimd::fnma(y, r, simd<T>(T(2)));
-  } else {
-    return simd<T>(T(1)) / y;
-  }
+  return xsimd::select(x >= simd<T>(T(-64)), cpu_detail::fast_exp<T>(x), simd<T>(T(0)));
 }
 
 // 0, 1, ..., W - 1 as T: the key offsets of one vector of scores.
@@ -323,7 +286,7 @@ struct plan {
               (w * xsimd::fma(fv, dpv, gv)).store_aligned(dr + jj);
             } else {
               // sigmoid: p = σ(s + b)·f; dS = σ(1 - σ)·f·dP (no denominator, so no mass term)
-              const simd<T> w = sigmoid_fast(s + simd<T>(T(a.norm.bias)));
+              const simd<T> w = cpu_detail::sigmoid_fast<T>(s, T(a.norm.bias));  // the forward's σ
               (w * fv).store_aligned(sr + jj);
               ((w - w * w) * (fv * dpv)).store_aligned(dr + jj);
             }
