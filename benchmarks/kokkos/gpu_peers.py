@@ -37,11 +37,28 @@ def sigmoid_attention(q, k, v, causal):
     return s @ v
 
 
+def gemm_ceilings(n=8192):
+    """cuBLAS n³ GEMM rates, fp32 and TF32: what a library reaches on each path.
+
+    A 3xTF32 (fp32-accurate) product costs three TF32 products, so a third of
+    the TF32 rate bounds any fp32-accurate tensor-core kernel that works the
+    way cuBLAS's TF32 kernels do."""
+    a, b = (torch.randn(n, n, device="cuda") for _ in range(2))
+    out = {}
+    for name, tf32 in (("fp32", False), ("tf32", True)):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        out[name] = 2.0 * n ** 3 / (median_ms(lambda: a @ b) * 1e-3) / 1e12
+    torch.backends.cuda.matmul.allow_tf32 = False
+    print(f"# cuBLAS {n}^3 GEMM: fp32 {out['fp32']:.1f} TFLOP/s, TF32 {out['tf32']:.1f} TFLOP/s "
+          f"(a third of it: {out['tf32'] / 3:.1f})", flush=True)
+
+
 def main():
     B, H = 4, 16
     print(f"# torch {torch.__version__} peers on {torch.cuda.get_device_name()}, fp32 (TF32 off), B={B} H={H}; "
           "median of 7 after 2 warm-up calls")
     print(f"{'peer':<12} {'N':>6} {'d':>4} {'mask':<7} {'ms':>10} {'TFLOP/s':>9}")
+    gemm_ceilings()
     gen = torch.Generator(device="cuda").manual_seed(0)
     for n in (1024, 4096):
         for d in (64, 128):
