@@ -841,6 +841,8 @@ struct kernel {
   // one before in position, else the next pair's last), its query rows and,
   // in the same pair, the rows of its first key chunk that lie below t_lo;
   // then this tile's output rows. Paced to end about when the tile's products do.
+  // (In a group of tiles run side by side, the one before in position is
+  // mostly begun already; its query rows are then asked for again, cheaply.)
   // The key and value rows only when one pair's keys and values fill L2
   // (else they are mostly still cached from the tiles before, and the
   // requests cost more than they save); the query and output rows always
