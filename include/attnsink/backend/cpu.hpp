@@ -64,9 +64,9 @@ struct cpu {
   std::size_t prep_budget = std::size_t(32) << 20;
   // Prefill only: query tiles one task runs side by side over each span of
   // group_keys keys (keys and values then stream from L3 once per group of
-  // tiles rather than once per tile). 0: automatic (4 when one (batch, kv
-  // head) pair's keys and values exceed a core's L2 and no band mask limits
-  // the rows' keys, else 1). Results do not depend on either.
+  // tiles rather than once per tile). 0: automatic (4 when the keys and
+  // values a query row sees, on average, fill a core's L2 and no band mask
+  // limits the rows' keys, else 1). Results do not depend on either.
   std::size_t tile_group = 0;
   std::size_t group_keys = 0;  // 0: 256
 };
@@ -1300,13 +1300,23 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
     if (band < p.tk) want = std::min(want, std::max<std::size_t>(1, band / (8 * W)) * W);
     ni = std::max<std::size_t>(1, std::min(p.tq, want / group));
     rows = (ni * group + W - 1) / W * W;
-    // Tiles per task: when one pair's keys and values outgrow a core's L2
-    // and rows see them all (no band), a task runs 4 tiles of one pair side
-    // by side over each span of 256 keys, so those keys come from L3 once per
-    // 4 tiles instead of once per tile. Paired runs (2 threads, AVX-512,
-    // 2026-11-29): +5-6% at T = 4096, d = 128 (4 MiB per pair), causal or
-    // not; level or -1% where a pair's keys and values just fill L2.
-    const bool big = p.tk * (df + dv) * sizeof(T) > cpu_detail::l2_bytes() && band >= p.tk;
+    // Tiles per task: when the keys and values a tile streams (its rows'
+    // mean visible keys) fill a core's L2 and no band limits the rows' keys,
+    // a task runs 4 tiles of one pair side by side over each span of 256
+    // keys, so those keys come from L3 once per 4 tiles instead of once per
+    // tile. Paired runs (2 threads, AVX-512, 2026-11-29), 4 tiles against 1:
+    // 4 MiB per pair (T = 4096, d = 128) +6% unmasked, +5% causal (2 MiB on
+    // average); 2 MiB unmasked (T = 2048, d = 128; T = 4096, d = 64) +2-4%;
+    // 1 MiB on average (the same two causal) level to -1.4%.
+    std::size_t visible = 0;
+    if (band >= p.tk)
+      for (std::size_t b = 0; b < p.batch; ++b)
+        for (std::size_t i = 0; i < p.tq; ++i) {
+          const key_range r = a.mask.range(b, i, p.tq, p.tk);
+          visible += r.hi - r.lo;
+        }
+    const bool big =
+        band >= p.tk && visible / (p.batch * p.tq) * (df + dv) * sizeof(T) >= cpu_detail::l2_bytes();
     tiles_per_task = opt.tile_group ? opt.tile_group : big ? 4 : 1;
     span_chunks = std::max<std::size_t>(1, (opt.group_keys ? opt.group_keys : 256) / bk);
   } else {
