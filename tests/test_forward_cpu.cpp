@@ -29,8 +29,8 @@ TEST_CASE("cpu forward with small tiles matches the reference", "[forward][cpu]"
 TEST_CASE("cpu forward with query tiles grouped over key spans matches the reference and the ungrouped tiles",
           "[forward][cpu]") {
   // tile_group query tiles per task, run side by side over spans of
-  // group_keys keys. Automatic only when one pair's keys and values outgrow
-  // L2, so never at test sizes: forced here, with spans of one and of three
+  // group_keys keys. Automatic only when the keys and values a row sees, on
+  // average, fill L2, so never at test sizes: forced here, with spans of one and of three
   // key tiles and groups that leave a partial group. The key chunks do not
   // move, so the output is the one-tile-per-task output bit for bit.
   for (std::size_t t : {37u, 100u, 130u}) {

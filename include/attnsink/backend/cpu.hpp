@@ -1289,13 +1289,14 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
     // 16 keys after the one before, in thin segments that run the small
     // blocks; a tile of n vectors spends about (n - 1)·W of each vector's
     // band + W keys there. At most band / (8·W) vectors (at least one) keep
-    // that near 1/8. The scan is O(batch · rows) mask lookups, from the last
-    // row up (a causal mask's last row ends it at once).
-    std::size_t band = 0;
-    for (std::size_t b = 0; b < p.batch && band < p.tk; ++b)
-      for (std::size_t i = p.tq; i-- > 0 && band < p.tk;) {
+    // that near 1/8. One scan of every row's key range (O(batch · rows) mask
+    // lookups) gives the band and the rows' visible keys, used below.
+    std::size_t band = 0, visible = 0;
+    for (std::size_t b = 0; b < p.batch; ++b)
+      for (std::size_t i = 0; i < p.tq; ++i) {
         const key_range r = a.mask.range(b, i, p.tq, p.tk);
         band = std::max(band, r.hi - r.lo);
+        visible += r.hi - r.lo;
       }
     if (band < p.tk) want = std::min(want, std::max<std::size_t>(1, band / (8 * W)) * W);
     ni = std::max<std::size_t>(1, std::min(p.tq, want / group));
@@ -1308,13 +1309,6 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
     // 4 MiB per pair (T = 4096, d = 128) +6% unmasked, +5% causal (2 MiB on
     // average); 2 MiB unmasked (T = 2048, d = 128; T = 4096, d = 64) +2-4%;
     // 1 MiB on average (the same two causal) level to -1.4%.
-    std::size_t visible = 0;
-    if (band >= p.tk)
-      for (std::size_t b = 0; b < p.batch; ++b)
-        for (std::size_t i = 0; i < p.tq; ++i) {
-          const key_range r = a.mask.range(b, i, p.tq, p.tk);
-          visible += r.hi - r.lo;
-        }
     const bool big =
         band >= p.tk && visible / (p.batch * p.tq) * (df + dv) * sizeof(T) >= cpu_detail::l2_bytes();
     tiles_per_task = opt.tile_group ? opt.tile_group : big ? 4 : 1;
