@@ -82,9 +82,10 @@ TEST_CASE("cpu forward sigmoid with saturating scores matches the reference", "[
 TEST_CASE("cpu forward decode (one query, grouped heads) matches the reference", "[forward][cpu]") {
   // The row-major kernel with feature dims a multiple of the vector width:
   // 4 keys × 4 rows per dot-product block, and key counts that leave 1 to 3
-  // keys over for the one-key path; several key tiles per row.
+  // keys over for the one-key path; several key tiles per row. d = 112 (on
+  // AVX-512: 64 + 32 + 16) takes every feature-block width of P·V.
   for (std::size_t tk : {203u, 1001u, 1026u})
-    for (std::size_t d : {64u, 128u}) {
+    for (std::size_t d : {64u, 112u, 128u}) {
       const test::operands p(2, 8, 2, 1, tk, d, d, 2000 + tk + d);
       const test::variant_params vp({2, 8, 2, 1, tk, d, d}, 2000 + tk + d);
       for (const auto& m : test::masks_for(tk)) {
