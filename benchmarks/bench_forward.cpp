@@ -165,7 +165,8 @@ double forward_flops(const operands& x, const mask::dynamic& m) {
 // ---- our forward, per variant
 
 // The backend's tile options; ATTNSINK_BENCH_QTILE / _KTILE / _TGROUP / _GKEYS
-// override query_tile, key_tile, tile_group and group_keys (tuning).
+// / _SPLITS override query_tile, key_tile, tile_group, group_keys and
+// key_splits (tuning).
 backend::cpu bench_backend() {
   backend::cpu be{};
   auto env = [](const char* name, std::size_t& field) {
@@ -175,6 +176,7 @@ backend::cpu bench_backend() {
   env("ATTNSINK_BENCH_KTILE", be.key_tile);
   env("ATTNSINK_BENCH_TGROUP", be.tile_group);
   env("ATTNSINK_BENCH_GKEYS", be.group_keys);
+  env("ATTNSINK_BENCH_SPLITS", be.key_splits);
   return be;
 }
 
@@ -268,10 +270,10 @@ void BM_copy(benchmark::State& state) {
   state.counters["MiB"] = double(bytes) / (1 << 20);
 }
 
-void BM_decode(benchmark::State& state) {
+void BM_decode(benchmark::State& state, std::size_t heads, std::size_t kv_heads) {
   thread_cap();
   const std::size_t n = std::size_t(state.range(0));
-  operands x(32, 8, 1, n, 128);
+  operands x(heads, kv_heads, 1, n, 128);
   const auto a = variants::make<variants::softmax>(x.settings({kind::causal, 0}));
   const backend::cpu be = bench_backend();
   forward(be, a, x.Q(), x.K(), x.V(), x.O());
@@ -336,10 +338,18 @@ void BM_memory_T32768(benchmark::State& state) {
       for (int t : {512, 1024, 2048, 4096}) b->Args({t, d});
   }
 #endif
-  for (auto* fn : {BM_copy, BM_decode}) {
-    auto* b = benchmark::RegisterBenchmark(fn == BM_copy ? "copy" : "decode/softmax/H32_KV8_d128", fn);
+  {
+    auto* b = benchmark::RegisterBenchmark("copy", BM_copy);
     b->ArgNames({"KV"})->UseRealTime()->Unit(benchmark::kMillisecond);
     for (int n : {4096, 8192, 16384, 32768}) b->Arg(n);
+    b = benchmark::RegisterBenchmark("decode/softmax/H32_KV8_d128", [](benchmark::State& s) { BM_decode(s, 32, 8); });
+    b->ArgNames({"KV"})->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int n : {4096, 8192, 16384, 32768}) b->Arg(n);
+    // One kv head (multi-query): one tile per batch, so the keys are split
+    // into parts across the threads (backend::cpu::key_splits).
+    b = benchmark::RegisterBenchmark("decode/softmax/H8_KV1_d128", [](benchmark::State& s) { BM_decode(s, 8, 1); });
+    b->ArgNames({"KV"})->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int n : {32768, 131072}) b->Arg(n);
   }
   benchmark::RegisterBenchmark("memory/softmax/causal/H8_d128_T32768", BM_memory_T32768)
       ->Iterations(1)

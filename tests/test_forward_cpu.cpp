@@ -100,3 +100,24 @@ TEST_CASE("cpu forward decode (one query, grouped heads) matches the reference",
       }
     }
 }
+
+TEMPLATE_LIST_TEST_CASE("cpu forward decode with each tile's keys split into parts matches the reference",
+                        "[forward][cpu]", variants::all) {
+  // backend::cpu::key_splits: decode tiles (fewer rows than a SIMD vector
+  // even at 4 lanes) whose keys are cut into parts of whole key tiles, run as
+  // separate tasks and merged. Automatic only when tiles are fewer than twice
+  // the threads and there are at least 2048 keys, so forced here: parts of
+  // one to several key tiles, a last part shorter than the rest, parts
+  // beyond a row's keys (causal, window), the bias key in the first part.
+  const std::vector<test::shape> shapes{{2, 2, 1, 1, 203, 64, 48}, {1, 3, 3, 3, 100, 17, 17}};
+  test::for_each_case(shapes, 5200, [](const auto&, const auto&, bool) { return false; },
+                      [](const auto& s, const auto& m, bool rope, const auto& p, const auto&, const auto& st, auto) {
+                        for (std::size_t parts : {2u, 5u}) {
+                          INFO(test::describe(s, m, rope) << " parts " << parts);
+                          backend::cpu be{};
+                          be.key_tile = 16;
+                          be.key_splits = parts;
+                          test::expect_matches_reference(be, variants::make<TestType>(st), p);
+                        }
+                      });
+}

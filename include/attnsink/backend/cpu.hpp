@@ -44,6 +44,7 @@
 #include <tbb/blocked_range.h>
 #include <tbb/enumerable_thread_specific.h>
 #include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 #include <xsimd/xsimd.hpp>
 
 #include "reference.hpp"
@@ -69,6 +70,13 @@ struct cpu {
   // limits the rows' keys, else 1). Results do not depend on either.
   std::size_t tile_group = 0;
   std::size_t group_keys = 0;  // 0: 256
+  // Decode only (tiles thinner than a SIMD vector): each tile's keys are cut
+  // into this many parts of whole key tiles, run as separate tasks and
+  // merged (the norm's (m, l) rescaling), so that one query against few kv
+  // heads still uses every thread. 0: automatic (enough parts for about two
+  // tasks per thread, each at least 1024 keys; 1 when the tiles alone give
+  // that). Results differ from one part only by float rounding.
+  std::size_t key_splits = 0;
 };
 }  // namespace backend
 
@@ -1202,8 +1210,12 @@ struct kernel {
   }
 
   // ---- small kernel: rows row-major (decode, tiles thinner than a vector)
+  // Keys [ka, kb) only (whole key tiles; all keys: 0, tk). With `part`, the
+  // rows' states are left there unfinished, (m, l, acc) per row; `first` is
+  // the part that starts from the norm's initial state and the bias key, the
+  // others start from (init m, 0).
   void small_tile(scratch<T>& sc, std::size_t b, std::size_t hk, std::size_t i0, const T* keys, std::size_t kstride,
-                  const T* kstar) const {
+                  const T* kstar, std::size_t ka, std::size_t kb, T* part = nullptr, bool first = true) const {
     const std::size_t i1 = std::min(i0 + ni, p.tq);
     const std::size_t nr = (i1 - i0) * group, nrp = (nr + 3) / 4 * 4;
     for (std::size_t r = 0; r < nrp; ++r) {
@@ -1217,25 +1229,30 @@ struct kernel {
         continue;
       }
       const row_init init = setup_row(sc, b, hk, i0, r, qr);
-      T m = T(init.m), l = T(init.l);
+      T m = T(init.m), l = first ? T(init.l) : T(0);
       if constexpr (has_kv) {
-        const T w = bias_key(qr, kstar, m, l);
-        for (std::size_t e = 0; e < dv; ++e) ar[e] = w * T(a.bias.vstar(hk, e, dv));
+        if (first) {
+          const T w = bias_key(qr, kstar, m, l);
+          for (std::size_t e = 0; e < dv; ++e) ar[e] = w * T(a.bias.vstar(hk, e, dv));
+        }
       }
       sc.m[r] = m;
       sc.l[r] = l;
+      key_range& kr = sc.range[r];
+      kr.lo = std::clamp(kr.lo, ka, kb);
+      kr.hi = std::clamp(kr.hi, kr.lo, kb);
     }
-    const key_range first = sc.range[0], last = sc.range[nr - 1];
-    if (last.hi > first.lo) {
-      for (std::size_t j0 = first.lo / bk * bk; j0 < last.hi; j0 += bk) {
+    const key_range lo_row = sc.range[0], hi_row = sc.range[nr - 1];
+    if (hi_row.hi > lo_row.lo) {
+      for (std::size_t j0 = lo_row.lo / bk * bk; j0 < hi_row.hi; j0 += bk) {
         const std::size_t nk = std::min(bk, p.tk - j0);
         const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
         if (vis == tile_visibility::skip) continue;
         // Decode streams K and V once with little work per byte: the next
         // tile's rows are requested while this one's dot products run.
         next_rows<T> next;
-        if (const std::size_t j2 = j0 + bk; j2 < last.hi)
-          next = {keys + j2 * kstride, kstride, df, v.row(b, hk, j2), v.stride_t, dv, std::min(bk, last.hi - j2)};
+        if (const std::size_t j2 = j0 + bk; j2 < hi_row.hi)
+          next = {keys + j2 * kstride, kstride, df, v.row(b, hk, j2), v.stride_t, dv, std::min(bk, hi_row.hi - j2)};
         dots(sc.q.data(), df, nrp, keys + j0 * kstride, kstride, nk, sc.s.data(), bk, next);
         for (std::size_t r = 0; r < nrp; ++r) {
           T* s = sc.s.data() + r * bk;
@@ -1260,12 +1277,51 @@ struct kernel {
         gemm_acc(sc.s.data(), bk, v.row(b, hk, j0), v.stride_t, nk, sc.acc.data(), dv, nrp, dv, next);
       }
     }
+    if (part) {
+      for (std::size_t r = 0; r < nr; ++r) {
+        T* x = part + r * (dv + 2);
+        x[0] = sc.m[r];
+        x[1] = sc.l[r];
+        std::copy(sc.acc.data() + r * dv, sc.acc.data() + (r + 1) * dv, x + 2);
+      }
+      return;
+    }
     for (std::size_t r = 0; r < nr; ++r) {
       const T f = a.norm.finish(sc.m[r], sc.l[r]);
       const T* ar = sc.acc.data() + r * dv;
       T* o = out.row(b, sc.head[r], sc.qrow[r]);
       for (std::size_t e = 0; e < dv; ++e) o[e] = ar[e] * f;
       write_stats(sc, b, r);
+    }
+  }
+
+  // The rows of small tile (b, hk, i0) from its `parts` unfinished states
+  // (small_tile's `part` layout, one after another): the largest m, the
+  // others' l and acc rescaled to it by e^{m_s - m} (tracks_max only), then
+  // finished and written as small_tile would.
+  void merge_parts(std::size_t b, std::size_t hk, std::size_t i0, const T* part, std::size_t parts,
+                   std::size_t stride, T* acc) const {
+    const std::size_t nr = (std::min(i0 + ni, p.tq) - i0) * group;
+    for (std::size_t r = 0; r < nr; ++r) {
+      T m = part[r * (dv + 2)];
+      if constexpr (norm_t::tracks_max)
+        for (std::size_t s = 1; s < parts; ++s) m = std::max(m, part[s * stride + r * (dv + 2)]);
+      T l = T(0);
+      std::fill(acc, acc + dv, T(0));
+      for (std::size_t s = 0; s < parts; ++s) {
+        const T* x = part + s * stride + r * (dv + 2);
+        T f = T(1);
+        if constexpr (norm_t::tracks_max) f = x[0] == m ? T(1) : T(math::exp(x[0] - m));
+        l += f * x[1];
+        for (std::size_t e = 0; e < dv; ++e) acc[e] += f * x[2 + e];
+      }
+      const std::size_t i = i0 + r / group, h = hk * group + r % group;
+      const T fin = a.norm.finish(m, l);
+      T* o = out.row(b, h, i);
+      for (std::size_t e = 0; e < dv; ++e) o[e] = acc[e] * fin;
+      const std::size_t row = (b * p.heads + h) * p.tq + i;
+      if (stats.max) stats.max[row] = m;
+      if (stats.sum) stats.sum[row] = l;
     }
   }
 
@@ -1380,6 +1436,18 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
     }
   }
   const std::size_t G = std::min(tiles_per_task, qtiles), groups = (qtiles + G - 1) / G;
+  // Decode's key parts (see backend::cpu::key_splits), in whole key tiles.
+  const std::size_t ktiles = (p.tk + bk - 1) / bk;
+  std::size_t parts = 1;
+  if (!wide) {
+    const std::size_t tasks = pairs * qtiles, want = 2 * std::size_t(tbb::this_task_arena::max_concurrency());
+    parts = opt.key_splits ? opt.key_splits
+            : tasks >= want ? 1
+                            : std::min((want + tasks - 1) / tasks, std::max<std::size_t>(1, p.tk / 1024));
+    parts = std::max<std::size_t>(1, std::min(parts, ktiles));
+  }
+  const std::size_t part_stride = rows * (dv + 2);
+  cpu_detail::aligned_vector<T> part_buf(parts > 1 ? std::min(chunk, pairs) * groups * parts * part_stride : 0);
   tbb::enumerable_thread_specific<std::vector<cpu_detail::scratch<T>>> scratch([&] {
     std::vector<cpu_detail::scratch<T>> s(G);
     for (auto& x : s)
@@ -1400,19 +1468,25 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
           kern.features(x.data(), kbuf.data() + idx * df);
         }
       });
-    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, (c1 - c0) * groups, 1), [&](const auto& rg) {
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, (c1 - c0) * groups * parts, 1), [&](const auto& rg) {
       auto& sc = scratch.local();
       for (std::size_t t = rg.begin(); t != rg.end(); ++t) {
         // Last query tiles first: under a causal mask they see the most keys,
         // and starting the longest tasks first keeps the threads' ends even.
-        const std::size_t pr = c0 + t / groups, grp = groups - 1 - t % groups;
+        const std::size_t task = t / parts, sp = t % parts;
+        const std::size_t pr = c0 + task / groups, grp = groups - 1 - task % groups;
         const std::size_t b = pr / p.kv_heads, hk = pr % p.kv_heads;
         const T* keys = prep ? kbuf.data() + (pr - c0) * per_pair : k.row(b, hk, 0);
         const std::size_t kstride = prep ? df : k.stride_t;
         const T* ks = K::has_kv ? kstar.data() + pr * df : nullptr;
         const std::size_t q0 = grp * G, n = std::min(G, qtiles - q0);
-        if (!wide) {
-          kern.small_tile(sc[0], b, hk, q0 * ni, keys, kstride, ks);
+        if (!wide && parts == 1) {
+          kern.small_tile(sc[0], b, hk, q0 * ni, keys, kstride, ks, 0, p.tk);
+        } else if (!wide) {
+          const std::size_t ka = std::min(p.tk, ktiles * sp / parts * bk);
+          const std::size_t kb = std::min(p.tk, ktiles * (sp + 1) / parts * bk);
+          kern.small_tile(sc[0], b, hk, q0 * ni, keys, kstride, ks, ka, kb,
+                          part_buf.data() + t * part_stride, sp == 0);
         } else if (n == 1) {
           kern.wide_tile(sc[0], b, hk, q0 * ni, keys, kstride, ks);
         } else {
@@ -1428,6 +1502,15 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
         }
       }
     });
+    if (parts > 1)
+      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, (c1 - c0) * groups, 1), [&](const auto& rg) {
+        std::vector<T> acc(dv);
+        for (std::size_t task = rg.begin(); task != rg.end(); ++task) {
+          const std::size_t pr = c0 + task / groups, grp = groups - 1 - task % groups;
+          kern.merge_parts(pr / p.kv_heads, pr % p.kv_heads, grp * ni, part_buf.data() + task * parts * part_stride,
+                           parts, part_stride, acc.data());
+        }
+      });
   }
 }
 
