@@ -339,17 +339,16 @@ void BM_memory_T32768(benchmark::State& state) {
   }
 #endif
   {
-    auto* b = benchmark::RegisterBenchmark("copy", BM_copy);
-    b->ArgNames({"KV"})->UseRealTime()->Unit(benchmark::kMillisecond);
-    for (int n : {4096, 8192, 16384, 32768}) b->Arg(n);
-    b = benchmark::RegisterBenchmark("decode/softmax/H32_KV8_d128", [](benchmark::State& s) { BM_decode(s, 32, 8); });
-    b->ArgNames({"KV"})->UseRealTime()->Unit(benchmark::kMillisecond);
-    for (int n : {4096, 8192, 16384, 32768}) b->Arg(n);
+    const auto by_kv = [](const char* name, auto fn, std::initializer_list<int> kv) {
+      auto* b = benchmark::RegisterBenchmark(name, fn);
+      b->ArgNames({"KV"})->UseRealTime()->Unit(benchmark::kMillisecond);
+      for (int n : kv) b->Arg(n);
+    };
+    by_kv("copy", BM_copy, {4096, 8192, 16384, 32768});
+    by_kv("decode/softmax/H32_KV8_d128", [](benchmark::State& s) { BM_decode(s, 32, 8); }, {4096, 8192, 16384, 32768});
     // One kv head (multi-query): one tile per batch, so the keys are split
     // into parts across the threads (backend::cpu::key_splits).
-    b = benchmark::RegisterBenchmark("decode/softmax/H8_KV1_d128", [](benchmark::State& s) { BM_decode(s, 8, 1); });
-    b->ArgNames({"KV"})->UseRealTime()->Unit(benchmark::kMillisecond);
-    for (int n : {32768, 131072}) b->Arg(n);
+    by_kv("decode/softmax/H8_KV1_d128", [](benchmark::State& s) { BM_decode(s, 8, 1); }, {32768, 131072});
   }
   benchmark::RegisterBenchmark("memory/softmax/causal/H8_d128_T32768", BM_memory_T32768)
       ->Iterations(1)

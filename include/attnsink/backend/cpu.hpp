@@ -430,9 +430,10 @@ inline void prefetch_w(const char* p) { prefetch<true>(p); }
 // K and V rows [0, n) of a later tile, asked into L2 a row at a time while
 // the current tile's products run: K row j with key j of the dot products
 // (on AVX-512, a line of each of 4 rows per vector step), V row j's
-// features [f0, f1) with key j of the P·V pass over those features. Decode is memory-bound: spread over the compute, the requests
-// keep the core's misses in flight; one burst per tile stalled on the fill
-// buffers and left the compute and the loads apart.
+// features [f0, f1) with key j of the P·V pass over those features. Decode
+// is memory-bound: spread over the compute, the requests keep the core's
+// misses in flight; one burst per tile stalled on the fill buffers and left
+// the compute and the loads apart.
 template <class T>
 struct next_rows {
   const T* k = nullptr;
@@ -1203,10 +1204,20 @@ struct kernel {
     if constexpr (norm_t::has_denominator) (l + sum).store_aligned(sc.l.data() + o);
   }
 
+  void put_stats(std::size_t b, std::size_t h, std::size_t i, T m, T l) const {
+    const std::size_t row = (b * p.heads + h) * p.tq + i;
+    if (stats.max) stats.max[row] = m;
+    if (stats.sum) stats.sum[row] = l;
+  }
   void write_stats(const scratch<T>& sc, std::size_t b, std::size_t r) const {
-    const std::size_t row = (b * p.heads + sc.head[r]) * p.tq + sc.qrow[r];
-    if (stats.max) stats.max[row] = sc.m[r];
-    if (stats.sum) stats.sum[row] = sc.l[r];
+    put_stats(b, sc.head[r], sc.qrow[r], sc.m[r], sc.l[r]);
+  }
+  // Output row (b, h, i) = acc · finish(m, l), and its (m, l).
+  void finish_row(std::size_t b, std::size_t h, std::size_t i, T m, T l, const T* acc) const {
+    const T f = a.norm.finish(m, l);
+    T* o = out.row(b, h, i);
+    for (std::size_t e = 0; e < dv; ++e) o[e] = acc[e] * f;
+    put_stats(b, h, i, m, l);
   }
 
   // ---- small kernel: rows row-major (decode, tiles thinner than a vector)
@@ -1286,19 +1297,14 @@ struct kernel {
       }
       return;
     }
-    for (std::size_t r = 0; r < nr; ++r) {
-      const T f = a.norm.finish(sc.m[r], sc.l[r]);
-      const T* ar = sc.acc.data() + r * dv;
-      T* o = out.row(b, sc.head[r], sc.qrow[r]);
-      for (std::size_t e = 0; e < dv; ++e) o[e] = ar[e] * f;
-      write_stats(sc, b, r);
-    }
+    for (std::size_t r = 0; r < nr; ++r)
+      finish_row(b, sc.head[r], sc.qrow[r], sc.m[r], sc.l[r], sc.acc.data() + r * dv);
   }
 
   // The rows of small tile (b, hk, i0) from its `parts` unfinished states
   // (small_tile's `part` layout, one after another): the largest m, the
   // others' l and acc rescaled to it by e^{m_s - m} (tracks_max only), then
-  // finished and written as small_tile would.
+  // finish_row as in small_tile.
   void merge_parts(std::size_t b, std::size_t hk, std::size_t i0, const T* part, std::size_t parts,
                    std::size_t stride, T* acc) const {
     const std::size_t nr = (std::min(i0 + ni, p.tq) - i0) * group;
@@ -1315,13 +1321,7 @@ struct kernel {
         l += f * x[1];
         for (std::size_t e = 0; e < dv; ++e) acc[e] += f * x[2 + e];
       }
-      const std::size_t i = i0 + r / group, h = hk * group + r % group;
-      const T fin = a.norm.finish(m, l);
-      T* o = out.row(b, h, i);
-      for (std::size_t e = 0; e < dv; ++e) o[e] = acc[e] * fin;
-      const std::size_t row = (b * p.heads + h) * p.tq + i;
-      if (stats.max) stats.max[row] = m;
-      if (stats.sum) stats.sum[row] = l;
+      finish_row(b, hk * group + r % group, i0 + r / group, m, l, acc);
     }
   }
 
@@ -1480,13 +1480,12 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
         const std::size_t kstride = prep ? df : k.stride_t;
         const T* ks = K::has_kv ? kstar.data() + pr * df : nullptr;
         const std::size_t q0 = grp * G, n = std::min(G, qtiles - q0);
-        if (!wide && parts == 1) {
-          kern.small_tile(sc[0], b, hk, q0 * ni, keys, kstride, ks, 0, p.tk);
-        } else if (!wide) {
+        if (!wide) {
+          // Part sp of parts (the whole key range when parts == 1).
           const std::size_t ka = std::min(p.tk, ktiles * sp / parts * bk);
           const std::size_t kb = std::min(p.tk, ktiles * (sp + 1) / parts * bk);
           kern.small_tile(sc[0], b, hk, q0 * ni, keys, kstride, ks, ka, kb,
-                          part_buf.data() + t * part_stride, sp == 0);
+                          parts > 1 ? part_buf.data() + t * part_stride : nullptr, sp == 0);
         } else if (n == 1) {
           kern.wide_tile(sc[0], b, hk, q0 * ni, keys, kstride, ks);
         } else {
