@@ -1,12 +1,14 @@
 // attnsink_bench, forward part: this machine's fp32 FMA peak and copy
-// bandwidth, the fused CPU forward for every benchmarked variant, the naive
-// xtensor route, decode bandwidth, and peak memory at T = 32768.
+// bandwidth, the fused CPU forward for every benchmarked variant, paired
+// variant ÷ softmax ratios, the naive xtensor route, decode bandwidth, and
+// peak memory at T = 32768.
 //
 // Counters: GFLOPS (forward FLOPs = 4·B·H·d · visible (query, key) pairs, so
 // a causal mask halves it and a window counts its band), peak_frac (GFLOPS
 // over BM_fma_peak's GFLOPS in the same process), GB_s and copy_frac for
-// decode. Times are wall-clock; threads = ATTNSINK_BENCH_THREADS or every
-// hardware thread.
+// decode; ratio/ cases run a variant and softmax in alternation and report the
+// median of their per-pair ratios. Times are wall-clock; threads =
+// ATTNSINK_BENCH_THREADS or every hardware thread.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -21,6 +23,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <sys/resource.h>
@@ -203,6 +206,75 @@ void BM_forward(benchmark::State& state, mask::dynamic m, std::size_t heads = 8,
 
 using kind = mask::dynamic::kind;
 
+// ---- paired ratios: a variant against a reference, on the same inputs
+//
+// Each iteration runs the variant and the reference once each, timed apart,
+// in alternating order. Counters: GFLOPS and ref_GFLOPS (medians over the
+// iterations), ratio (median of the per-iteration GFLOP/s ratios) and
+// ratio_lo / ratio_hi (its quartiles). A shared machine drifts by several
+// percent between cases run seconds apart (separate forward/ cases of the
+// same kernel have differed by up to ±10% on a 2-vCPU VM); a pair milliseconds
+// apart sees the same state, so these ratios resolve differences of a few
+// percent that the separate cases cannot.
+double quantile(std::vector<double> x, double f) {
+  if (x.empty()) return 0;
+  std::sort(x.begin(), x.end());
+  const double pos = f * double(x.size() - 1);
+  const std::size_t i = std::size_t(pos);
+  const double w = pos - double(i);
+  return i + 1 < x.size() ? x[i] * (1 - w) + x[i + 1] * w : x[i];
+}
+
+template <class V, class R>
+void BM_ratio(benchmark::State& state, mask::dynamic m, mask::dynamic mr) {
+  thread_cap();
+  const std::size_t t = std::size_t(state.range(0)), d = std::size_t(state.range(1));
+  operands x(8, 8, t, t, d);
+  std::vector<float> o_ref(x.o.size());
+  const tensor4<float> O_ref{o_ref.data(), 1, x.heads, x.tq, x.d};
+  const auto a = variants::make<V>(x.settings(m));
+  const auto r = variants::make<R>(x.settings(mr));
+  const backend::cpu be = bench_backend();
+  const double fa = forward_flops(x, m), fr = forward_flops(x, mr);
+  auto timed = [&](auto& attn, tensor4<float> o, double flops) {
+    const auto t0 = clock_type::now();
+    forward(be, attn, x.Q(), x.K(), x.V(), o);
+    benchmark::ClobberMemory();
+    return flops / seconds_since(t0) * 1e-9;
+  };
+  timed(a, x.O(), fa);  // warm: threads, pages
+  timed(r, O_ref, fr);
+  std::vector<double> ga, gr, ratio;
+  bool ref_first = false;
+  for (auto _ : state) {
+    double g_ref = ref_first ? timed(r, O_ref, fr) : 0;
+    const double g = timed(a, x.O(), fa);
+    if (!ref_first) g_ref = timed(r, O_ref, fr);
+    ref_first = !ref_first;
+    ga.push_back(g);
+    gr.push_back(g_ref);
+    ratio.push_back(g / g_ref);
+  }
+  state.counters["GFLOPS"] = quantile(ga, 0.5);
+  state.counters["ref_GFLOPS"] = quantile(gr, 0.5);
+  state.counters["ratio"] = quantile(ratio, 0.5);
+  state.counters["ratio_lo"] = quantile(ratio, 0.25);
+  state.counters["ratio_hi"] = quantile(ratio, 0.75);
+  state.counters["pairs"] = double(ratio.size());
+}
+
+// ratio/<name>/<mask>: V under mask m against softmax under mr (at least
+// 2 s of pairs per shape, so that even T = 4096, d = 128 gets several).
+template <class V>
+void register_ratio(const std::string& name, const std::string& label, mask::dynamic m, mask::dynamic mr) {
+  auto* b = benchmark::RegisterBenchmark(("ratio/" + name + "/" + label).c_str(), [m, mr](benchmark::State& s) {
+    BM_ratio<V, variants::softmax>(s, m, mr);
+  });
+  b->ArgNames({"T", "d"})->UseRealTime()->MinTime(2.0)->Unit(benchmark::kMillisecond);
+  for (int d : {64, 128})
+    for (int t : {512, 1024, 2048, 4096}) b->Args({t, d});
+}
+
 template <class V>
 void register_variant(const std::string& name, bool noncausal, bool causal, mask::dynamic other = {kind::none, 0},
                       const std::string& other_name = "") {
@@ -313,6 +385,23 @@ void BM_memory_T32768(benchmark::State& state) {
   register_variant<variants::softmax>("softmax", false, false, {kind::window, 256}, "sliding_window_256");
   register_variant<variants::kv_bias>("kv_bias", true, true);
   register_variant<variants::kernel_elu1>("kernel_elu1", true, true);
+  // Paired ratios against softmax under the same mask (the window: against
+  // causal softmax, the mask it narrows).
+  {
+    const mask::dynamic full{kind::none, 0}, causal{kind::causal, 0};
+    const auto both = [&](auto tag, const std::string& name) {
+      using V = typename decltype(tag)::type;
+      register_ratio<V>(name, "full", full, full);
+      register_ratio<V>(name, "causal", causal, causal);
+    };
+    both(std::type_identity<variants::sigmoid>{}, "sigmoid");
+    both(std::type_identity<variants::softmax_off_by_one>{}, "softmax_off_by_one");
+    both(std::type_identity<variants::sink_logit>{}, "sink_logit");
+    both(std::type_identity<variants::kv_bias>{}, "kv_bias");
+    both(std::type_identity<variants::kernel_elu1>{}, "kernel_elu1");
+    register_ratio<variants::alibi>("alibi", "causal", causal, causal);
+    register_ratio<variants::softmax>("sliding_window_256", "causal", {kind::window, 256}, causal);
+  }
   // The window's work without its band: every query row sees the same 256
   // keys, no mask (the visible pairs of sliding_window_256 past its first 255
   // rows, with the same rows per key). Window ÷ this is the cost of the band's
