@@ -206,6 +206,14 @@ void BM_forward(benchmark::State& state, mask::dynamic m, std::size_t heads = 8,
 
 using kind = mask::dynamic::kind;
 
+// The forward cases' shapes: T in {512, 1024, 2048, 4096}, d in {64, 128}.
+benchmark::internal::Benchmark* forward_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"T", "d"})->UseRealTime()->Unit(benchmark::kMillisecond);
+  for (int d : {64, 128})
+    for (int t : {512, 1024, 2048, 4096}) b->Args({t, d});
+  return b;
+}
+
 // ---- paired ratios: a variant against a reference, on the same inputs
 //
 // Each iteration runs the variant and the reference once each, timed apart,
@@ -247,9 +255,14 @@ void BM_ratio(benchmark::State& state, mask::dynamic m, mask::dynamic mr) {
   std::vector<double> ga, gr, ratio;
   bool ref_first = false;
   for (auto _ : state) {
-    double g_ref = ref_first ? timed(r, O_ref, fr) : 0;
-    const double g = timed(a, x.O(), fa);
-    if (!ref_first) g_ref = timed(r, O_ref, fr);
+    double g, g_ref;
+    if (ref_first) {
+      g_ref = timed(r, O_ref, fr);
+      g = timed(a, x.O(), fa);
+    } else {
+      g = timed(a, x.O(), fa);
+      g_ref = timed(r, O_ref, fr);
+    }
     ref_first = !ref_first;
     ga.push_back(g);
     gr.push_back(g_ref);
@@ -270,9 +283,7 @@ void register_ratio(const std::string& name, const std::string& label, mask::dyn
   auto* b = benchmark::RegisterBenchmark(("ratio/" + name + "/" + label).c_str(), [m, mr](benchmark::State& s) {
     BM_ratio<V, variants::softmax>(s, m, mr);
   });
-  b->ArgNames({"T", "d"})->UseRealTime()->MinTime(2.0)->Unit(benchmark::kMillisecond);
-  for (int d : {64, 128})
-    for (int t : {512, 1024, 2048, 4096}) b->Args({t, d});
+  forward_shapes(b)->MinTime(2.0);
 }
 
 template <class V>
@@ -281,9 +292,7 @@ void register_variant(const std::string& name, bool noncausal, bool causal, mask
   auto add = [&](const std::string& label, mask::dynamic m) {
     auto* b = benchmark::RegisterBenchmark(("forward/" + name + "/" + label).c_str(),
                                            [m](benchmark::State& s) { BM_forward<V>(s, m); });
-    b->ArgNames({"T", "d"})->UseRealTime()->Unit(benchmark::kMillisecond);
-    for (int d : {64, 128})
-      for (int t : {512, 1024, 2048, 4096}) b->Args({t, d});
+    forward_shapes(b);
   };
   if (noncausal) add("full", {kind::none, 0});
   if (causal) add("causal", {kind::causal, 0});
@@ -420,12 +429,7 @@ void BM_memory_T32768(benchmark::State& state) {
     BM_forward<variants::softmax>(s, {kind::causal, 0}, 128);
   })->ArgNames({"T", "d"})->Args({256, 32})->UseRealTime()->Unit(benchmark::kMillisecond);
 #ifdef ATTNSINK_BENCH_XTENSOR_BLAS
-  {
-    auto* b = benchmark::RegisterBenchmark("naive_xtensor/softmax/full", BM_naive_xtensor);
-    b->ArgNames({"T", "d"})->UseRealTime()->Unit(benchmark::kMillisecond);
-    for (int d : {64, 128})
-      for (int t : {512, 1024, 2048, 4096}) b->Args({t, d});
-  }
+  forward_shapes(benchmark::RegisterBenchmark("naive_xtensor/softmax/full", BM_naive_xtensor));
 #endif
   {
     const auto by_kv = [](const char* name, auto fn, std::initializer_list<int> kv) {
