@@ -6,8 +6,9 @@
 // Counters: GFLOPS (forward FLOPs = 4·B·H·d · visible (query, key) pairs, so
 // a causal mask halves it and a window counts its band), peak_frac (GFLOPS
 // over BM_fma_peak's GFLOPS in the same process), GB_s and copy_frac for
-// decode; ratio/ cases run a variant and softmax in alternation and report the
-// median of their per-pair ratios. Times are wall-clock; threads =
+// decode; ratio/ cases run a variant and softmax in alternation, decode/
+// cases a decode and a copy, and report the median of their per-pair
+// ratios. Times are wall-clock; threads =
 // ATTNSINK_BENCH_THREADS or every hardware thread.
 #include <benchmark/benchmark.h>
 
@@ -87,29 +88,26 @@ void BM_fma_peak(benchmark::State& state) {
 // Copy bandwidth over `bytes`, decode's reference: a source and a
 // destination of `bytes` each, both written before timing (no page faults
 // timed); one contiguous slice per benchmark thread, each copied by memcpy
-// in one TBB task; wall time of the whole copy, best of `reps`; GB/s =
-// 2·bytes / time (STREAM convention: bytes read + bytes written; the
-// destination's write-allocate reads, where memcpy does not stream its
-// stores, are not counted). Decode's GB/s counts K and V bytes read once, so
-// copy_frac = decode read rate / copy's read + write rate.
-std::map<std::size_t, double> g_copy;
-
-double copy_gbs(std::size_t bytes, int reps) {
-  const std::size_t n = bytes / sizeof(float);
-  std::vector<float> src(n, 1.0f), dst(n, 0.0f);
-  const std::size_t parts = bench_threads();
-  double best = 0;
-  for (int r = 0; r < reps; ++r) {
+// in one TBB task; GB/s = 2·bytes / wall time (STREAM convention: bytes read
+// + bytes written; the destination's write-allocate reads, where memcpy does
+// not stream its stores, are not counted). Decode's GB/s counts K and V bytes
+// read once, so copy_frac = decode read rate / copy's read + write rate.
+struct copy_buffers {
+  std::vector<float> src, dst;
+  explicit copy_buffers(std::size_t bytes) : src(bytes / sizeof(float), 1.0f), dst(bytes / sizeof(float), 0.0f) {}
+  // One timed copy, in GB/s.
+  double run() {
+    const std::size_t n = src.size(), parts = bench_threads();
     const auto t0 = clock_type::now();
     tbb::parallel_for(std::size_t(0), parts, [&](std::size_t p) {
       const std::size_t a = n * p / parts, b = n * (p + 1) / parts;
       std::memcpy(dst.data() + a, src.data() + a, (b - a) * sizeof(float));
     });
-    best = std::max(best, 2.0 * double(bytes) / seconds_since(t0) * 1e-9);
+    const double gbs = 2.0 * double(n * sizeof(float)) / seconds_since(t0) * 1e-9;
+    benchmark::DoNotOptimize(dst.data());
+    return gbs;
   }
-  benchmark::DoNotOptimize(dst.data());
-  return best;
-}
+};
 
 // ---- inputs
 
@@ -341,35 +339,63 @@ void BM_naive_xtensor(benchmark::State& state) {
 
 // ---- decode: one query per head, 32 query heads on 8 kv heads, d = 128
 
+// copy/KV:n: the copy alone, best of its runs (5 a benchmark iteration).
 void BM_copy(benchmark::State& state) {
   thread_cap();
-  const std::size_t bytes = 2 * 8 * std::size_t(state.range(0)) * 128 * sizeof(float);  // as decode's K + V
+  copy_buffers c(2 * 8 * std::size_t(state.range(0)) * 128 * sizeof(float));  // as decode's K + V
   double best = 0;
-  for (auto _ : state) best = std::max(best, copy_gbs(bytes, 5));
-  g_copy[bytes] = std::max(g_copy[bytes], best);
+  for (auto _ : state)
+    for (int r = 0; r < 5; ++r) best = std::max(best, c.run());
   state.counters["GB_s"] = best;
-  state.counters["MiB"] = double(bytes) / (1 << 20);
+  state.counters["MiB"] = double(c.src.size() * sizeof(float)) / (1 << 20);
 }
 
+// decode/...: each benchmark iteration is a pair, one decode forward and one
+// copy of as many bytes as K + V, timed apart, in alternating order (as the
+// ratio/ cases: memory bandwidth on a shared machine drifts by tens of
+// percent within seconds, and a pair milliseconds apart sees the same
+// state). The copy between decodes also evicts K and V from the caches, so
+// every decode reads them from memory. Counters: GB_s and copy_GB_s (medians),
+// copy_frac (median of the per-pair ratios) with copy_frac_lo / _hi (its
+// quartiles), pairs.
 void BM_decode(benchmark::State& state, std::size_t heads, std::size_t kv_heads) {
   thread_cap();
   const std::size_t n = std::size_t(state.range(0));
   operands x(heads, kv_heads, 1, n, 128);
   const auto a = variants::make<variants::softmax>(x.settings({kind::causal, 0}));
   const backend::cpu be = bench_backend();
-  forward(be, a, x.Q(), x.K(), x.V(), x.O());
-  const auto t0 = clock_type::now();
-  for (auto _ : state) {
+  const double bytes = double((x.k.size() + x.v.size()) * sizeof(float));
+  copy_buffers c{static_cast<std::size_t>(bytes)};
+  auto decode = [&] {
+    const auto t0 = clock_type::now();
     forward(be, a, x.Q(), x.K(), x.V(), x.O());
     benchmark::ClobberMemory();
+    return bytes / seconds_since(t0) * 1e-9;
+  };
+  decode();  // warm: threads, pages
+  c.run();
+  std::vector<double> gd, gc, ratio;
+  bool copy_first = false;
+  for (auto _ : state) {
+    double g, g_copy;
+    if (copy_first) {
+      g_copy = c.run();
+      g = decode();
+    } else {
+      g = decode();
+      g_copy = c.run();
+    }
+    copy_first = !copy_first;
+    gd.push_back(g);
+    gc.push_back(g_copy);
+    ratio.push_back(g / g_copy);
   }
-  const double bytes = double((x.k.size() + x.v.size()) * sizeof(float));
-  const double gbs = bytes * double(state.iterations()) / seconds_since(t0) * 1e-9;
-  const std::size_t key = std::size_t(bytes);
-  if (!g_copy.count(key)) g_copy[key] = copy_gbs(key, 10);
-  state.counters["GB_s"] = gbs;
-  state.counters["copy_GB_s"] = g_copy[key];
-  state.counters["copy_frac"] = gbs / g_copy[key];
+  state.counters["GB_s"] = quantile(gd, 0.5);
+  state.counters["copy_GB_s"] = quantile(gc, 0.5);
+  state.counters["copy_frac"] = quantile(ratio, 0.5);
+  state.counters["copy_frac_lo"] = quantile(ratio, 0.25);
+  state.counters["copy_frac_hi"] = quantile(ratio, 0.75);
+  state.counters["pairs"] = double(ratio.size());
 }
 
 // ---- memory: peak RSS of one T = 32768, H = 8, d = 128 causal softmax forward
@@ -434,7 +460,7 @@ void BM_memory_T32768(benchmark::State& state) {
   {
     const auto by_kv = [](const char* name, auto fn, std::initializer_list<int> kv) {
       auto* b = benchmark::RegisterBenchmark(name, fn);
-      b->ArgNames({"KV"})->UseRealTime()->Unit(benchmark::kMillisecond);
+      b->ArgNames({"KV"})->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
       for (int n : kv) b->Arg(n);
     };
     by_kv("copy", BM_copy, {4096, 8192, 16384, 32768});

@@ -429,37 +429,59 @@ inline void prefetch(const char* p) {
 inline void prefetch_l2(const char* p) { prefetch<false>(p); }
 inline void prefetch_w(const char* p) { prefetch<true>(p); }
 
-// K and V rows [0, n) of a later tile, asked into L2 a row at a time while
-// the current tile's products run: K row j with key j of the dot products
-// (on AVX-512, a line of each of 4 rows per vector step), V row j's
-// features [f0, f1) with key j of the P·V pass over those features. Decode
-// is memory-bound: spread over the compute, the requests keep the core's
-// misses in flight; one burst per tile stalled on the fill buffers and left
-// the compute and the loads apart.
+// Decode's read-ahead: the next key tile's K and V rows requested into L2
+// while the current tile's products run, in ascending row order, a K line
+// and a V line in turn, spread evenly over the products' steps (`step`: once
+// per vector step of the dot products and once per key of each P·V pass, on
+// the first 4 rows only). Decode is memory-bound: its K and V reads must stay
+// in flight while the core computes. Two ascending streams at once did that;
+// requests in the products' own order (4 rows a column at a time, and K
+// during the dot products, V during P·V only) left the memory idle in
+// turns (paired runs, 2026-12-06, AVX-512, one query on 8 kv heads, KV
+// 32768: see benchmarks/RESULTS.md, tenth session). `per` lines a step
+// cover the next tile's rows over this tile's steps: the steps are counted
+// in each tile and the next tile's pace follows the count; the first tile
+// uses the float AVX-512 kernels' count, (df + dv) / 64 steps per key.
 template <class T>
-struct next_rows {
-  const T* k = nullptr;
-  std::size_t kstride = 0, kfloats = 0;
-  const T* v = nullptr;
-  std::size_t vstride = 0, vfloats = 0;
-  std::size_t n = 0;
-  void fetch_k(std::size_t j) const {
-    if (j >= n) return;
-    const char* kr = reinterpret_cast<const char*>(k + j * kstride);
-    for (std::size_t off = 0; off < kfloats * sizeof(T); off += 64) prefetch_l2(kr + off);
+struct read_ahead {
+  struct rows {
+    const char* p = nullptr;
+    std::size_t stride = 0, bytes = 0, n = 0;  // row stride and bytes per row, in bytes; rows left
+    std::size_t off = 0;
+    bool next() {
+      if (n == 0) return false;
+      prefetch_l2(p + off);
+      if ((off += 64) >= bytes) {
+        off = 0;
+        p += stride;
+        --n;
+      }
+      return true;
+    }
+  };
+  rows k, v;
+  std::size_t per = 0, steps = 0, last = 0;
+  // The rows this tile's steps request: n rows of K from k0 and of V from v0
+  // (n = 0: none); `nk` keys in the tile that runs now.
+  void tile(const T* k0, std::size_t kstride, std::size_t kfloats, const T* v0, std::size_t vstride,
+            std::size_t vfloats, std::size_t n, std::size_t nk) {
+    if (steps) last = steps;
+    steps = 0;
+    k = {reinterpret_cast<const char*>(k0), kstride * sizeof(T), kfloats * sizeof(T), k0 ? n : 0};
+    v = {reinterpret_cast<const char*>(v0), vstride * sizeof(T), vfloats * sizeof(T), v0 ? n : 0};
+    const std::size_t lines = n * ((k.bytes + 63) / 64 + (v.bytes + 63) / 64);
+    const std::size_t expect = last ? last : std::max<std::size_t>(1, nk * (k.bytes + v.bytes) / (64 * sizeof(float)));
+    per = (lines + expect - 1) / expect;
   }
-  // The line holding float c of K rows j..j+3: the AVX-512 dot products
-  // request the next tile's 4 rows a vector step at a time, 4 lines beside
-  // each 16 FMAs, instead of 4 whole rows in one burst per 4 keys (the burst
-  // stalled on the fill buffers; paired /tmp runs, KV 8192-32768: 1.00-1.11,
-  // median about 1.04).
-  void fetch_k4(std::size_t j, std::size_t c) const {
-    for (std::size_t u = j; u < std::min(j + 4, n); ++u) prefetch_l2(reinterpret_cast<const char*>(k + u * kstride + c));
-  }
-  void fetch_v(std::size_t j, std::size_t f0, std::size_t f1) const {
-    if (j >= n) return;
-    const char* vr = reinterpret_cast<const char*>(v + j * vstride);
-    for (std::size_t off = f0 * sizeof(T); off < std::min(f1, vfloats) * sizeof(T); off += 64) prefetch_l2(vr + off);
+  void step() {
+    ++steps;
+    for (std::size_t i = 0; i < per;) {
+      const bool a = k.next();
+      i += a;
+      const bool b = i < per && v.next();
+      i += b;
+      if (!a && !b) return;
+    }
   }
 };
 
@@ -525,7 +547,7 @@ struct feed_step {
 // the first four rows' pass, row jj of `next` is requested with key jj.
 template <class T>
 inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std::size_t kstride, std::size_t nk, T* s,
-                 std::size_t ld, const next_rows<T>& next = {}) {
+                 std::size_t ld, read_ahead<T>* ahead = nullptr) {
   constexpr std::size_t W = simd<T>::size;
   const std::size_t dfv = df - df % W;
   for (std::size_t r = 0; r < nr; r += 4) {
@@ -544,7 +566,7 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
             __m512 qv[4] = {_mm512_loadu_ps(q0 + c), _mm512_loadu_ps(q1 + c), _mm512_loadu_ps(q2 + c),
                             _mm512_loadu_ps(q3 + c)};
             for (auto& x : qv) keep(x);
-            if (r == 0) next.fetch_k4(jj, c);
+            if (ahead && r == 0) ahead->step();
 #pragma GCC unroll 4
             for (std::size_t k = 0; k < 4; ++k) {
               __m512 kv = _mm512_loadu_ps(kr + k * kstride + c);
@@ -563,7 +585,7 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
 #endif
     for (; jj < nk; ++jj) {
       const T* kr = keys + jj * kstride;
-      if (r == 0) next.fetch_k(jj);
+      if (ahead && r == 0) ahead->step();
       simd<T> a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
       for (std::size_t c = 0; c < dfv; c += W) {
         const simd<T> kv = simd<T>::load_unaligned(kr + c);
@@ -591,7 +613,7 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
 // Each output element is one FMA chain in ascending j: the order is fixed.
 template <class T>
 inline void gemm_acc(const T* P, std::size_t ldp, const T* B, std::size_t ldb, std::size_t nk, T* C, std::size_t ldc,
-                     std::size_t nr, std::size_t n, const next_rows<T>& next = {}) {
+                     std::size_t nr, std::size_t n, read_ahead<T>* ahead = nullptr) {
   constexpr std::size_t W = simd<T>::size;
   for (std::size_t r = 0; r < nr; r += 4) {
     const T* p0 = P + r * ldp;
@@ -607,7 +629,7 @@ inline void gemm_acc(const T* P, std::size_t ldp, const T* B, std::size_t ldb, s
           for (std::size_t x = 0; x < 4; ++x) acc[u][x] = _mm512_loadu_ps(o0 + u * ldc + e + x * W);
         const T* bj = B + e;
         for (std::size_t j = 0; j < nk; ++j, bj += ldb) {
-          if (r == 0) next.fetch_v(j, e, e + 4 * W);
+          if (ahead && r == 0) ahead->step();
           __m512 bv[4] = {_mm512_loadu_ps(bj), _mm512_loadu_ps(bj + W), _mm512_loadu_ps(bj + 2 * W),
                           _mm512_loadu_ps(bj + 3 * W)};
           for (auto& x : bv) keep(x);
@@ -629,7 +651,7 @@ inline void gemm_acc(const T* P, std::size_t ldp, const T* B, std::size_t ldb, s
       simd<T> a30 = simd<T>::load_unaligned(o0 + 3 * ldc + e), a31 = simd<T>::load_unaligned(o0 + 3 * ldc + e + W);
       const T* bj = B + e;
       for (std::size_t j = 0; j < nk; ++j, bj += ldb) {
-        if (r == 0) next.fetch_v(j, e, e + 2 * W);
+        if (ahead && r == 0) ahead->step();
         const simd<T> b0 = simd<T>::load_unaligned(bj), b1 = simd<T>::load_unaligned(bj + W);
         const simd<T> x0(p0[j]), x1(p0[ldp + j]), x2(p0[2 * ldp + j]), x3(p0[3 * ldp + j]);
         a00 = xsimd::fma(x0, b0, a00); a01 = xsimd::fma(x0, b1, a01);
@@ -647,7 +669,7 @@ inline void gemm_acc(const T* P, std::size_t ldp, const T* B, std::size_t ldb, s
         simd<T> a = simd<T>::load_unaligned(o0 + rr * ldc + e);
         const T* bj = B + e;
         for (std::size_t j = 0; j < nk; ++j, bj += ldb) {
-          if (r == 0 && rr == 0) next.fetch_v(j, e, n);  // the rest of the row
+          if (ahead && r == 0 && rr == 0) ahead->step();
           a = xsimd::fma(simd<T>(p0[rr * ldp + j]), simd<T>::load_unaligned(bj), a);
         }
         a.store_unaligned(o0 + rr * ldc + e);
@@ -1264,16 +1286,18 @@ struct kernel {
     }
     const key_range lo_row = sc.range[0], hi_row = sc.range[nr - 1];
     if (hi_row.hi > lo_row.lo) {
+      read_ahead<T> ahead;
       for (std::size_t j0 = lo_row.lo / bk * bk; j0 < hi_row.hi; j0 += bk) {
         const std::size_t nk = std::min(bk, p.tk - j0);
         const tile_visibility vis = classify(a.mask, b, i0, i1, j0, j0 + nk, p.tq, p.tk);
         if (vis == tile_visibility::skip) continue;
         // Decode streams K and V once with little work per byte: the next
-        // tile's rows are requested while this one's dot products run.
-        next_rows<T> next;
+        // tile's rows are requested while this one's products run.
         if (const std::size_t j2 = j0 + bk; j2 < hi_row.hi)
-          next = {keys + j2 * kstride, kstride, df, v.row(b, hk, j2), v.stride_t, dv, std::min(bk, hi_row.hi - j2)};
-        dots(sc.q.data(), df, nrp, keys + j0 * kstride, kstride, nk, sc.s.data(), bk, next);
+          ahead.tile(keys + j2 * kstride, kstride, df, v.row(b, hk, j2), v.stride_t, dv, std::min(bk, hi_row.hi - j2), nk);
+        else
+          ahead.tile(nullptr, 0, df, nullptr, 0, dv, 0, nk);
+        dots(sc.q.data(), df, nrp, keys + j0 * kstride, kstride, nk, sc.s.data(), bk, &ahead);
         for (std::size_t r = 0; r < nrp; ++r) {
           T* s = sc.s.data() + r * bk;
           std::size_t c0 = 0, c1 = nk;
@@ -1294,7 +1318,7 @@ struct kernel {
             }
           update(sc, r, s, c0, c1, nk);
         }
-        gemm_acc(sc.s.data(), bk, v.row(b, hk, j0), v.stride_t, nk, sc.acc.data(), dv, nrp, dv, next);
+        gemm_acc(sc.s.data(), bk, v.row(b, hk, j0), v.stride_t, nk, sc.acc.data(), dv, nrp, dv, &ahead);
       }
     }
     if (part) {
