@@ -13,6 +13,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -231,6 +232,37 @@ double quantile(std::vector<double> x, double f) {
   return i + 1 < x.size() ? x[i] * (1 - w) + x[i + 1] * w : x[i];
 }
 
+// One call of `f` and one of `g` per benchmark iteration, timed by
+// themselves (each returns its rate), in alternating order. Counters
+// names[0] and names[1]: the medians of f's and g's rates; names[2]: the
+// median of the per-pair ratios f / g, with names[2] + "_lo" / "_hi" its
+// quartiles; pairs.
+template <class F, class G>
+void paired(benchmark::State& state, F&& f, G&& g, const std::array<std::string, 3>& names) {
+  std::vector<double> rf, rg, ratio;
+  bool g_first = false;
+  for (auto _ : state) {
+    double x, y;
+    if (g_first) {
+      y = g();
+      x = f();
+    } else {
+      x = f();
+      y = g();
+    }
+    g_first = !g_first;
+    rf.push_back(x);
+    rg.push_back(y);
+    ratio.push_back(x / y);
+  }
+  state.counters[names[0]] = quantile(rf, 0.5);
+  state.counters[names[1]] = quantile(rg, 0.5);
+  state.counters[names[2]] = quantile(ratio, 0.5);
+  state.counters[names[2] + "_lo"] = quantile(ratio, 0.25);
+  state.counters[names[2] + "_hi"] = quantile(ratio, 0.75);
+  state.counters["pairs"] = double(ratio.size());
+}
+
 template <class V, class R>
 void BM_ratio(benchmark::State& state, mask::dynamic m, mask::dynamic mr) {
   thread_cap();
@@ -250,28 +282,8 @@ void BM_ratio(benchmark::State& state, mask::dynamic m, mask::dynamic mr) {
   };
   timed(a, x.O(), fa);  // warm: threads, pages
   timed(r, O_ref, fr);
-  std::vector<double> ga, gr, ratio;
-  bool ref_first = false;
-  for (auto _ : state) {
-    double g, g_ref;
-    if (ref_first) {
-      g_ref = timed(r, O_ref, fr);
-      g = timed(a, x.O(), fa);
-    } else {
-      g = timed(a, x.O(), fa);
-      g_ref = timed(r, O_ref, fr);
-    }
-    ref_first = !ref_first;
-    ga.push_back(g);
-    gr.push_back(g_ref);
-    ratio.push_back(g / g_ref);
-  }
-  state.counters["GFLOPS"] = quantile(ga, 0.5);
-  state.counters["ref_GFLOPS"] = quantile(gr, 0.5);
-  state.counters["ratio"] = quantile(ratio, 0.5);
-  state.counters["ratio_lo"] = quantile(ratio, 0.25);
-  state.counters["ratio_hi"] = quantile(ratio, 0.75);
-  state.counters["pairs"] = double(ratio.size());
+  paired(state, [&] { return timed(a, x.O(), fa); }, [&] { return timed(r, O_ref, fr); },
+         {"GFLOPS", "ref_GFLOPS", "ratio"});
 }
 
 // ratio/<name>/<mask>: V under mask m against softmax under mr (at least
@@ -374,28 +386,7 @@ void BM_decode(benchmark::State& state, std::size_t heads, std::size_t kv_heads)
   };
   decode();  // warm: threads, pages
   c.run();
-  std::vector<double> gd, gc, ratio;
-  bool copy_first = false;
-  for (auto _ : state) {
-    double g, g_copy;
-    if (copy_first) {
-      g_copy = c.run();
-      g = decode();
-    } else {
-      g = decode();
-      g_copy = c.run();
-    }
-    copy_first = !copy_first;
-    gd.push_back(g);
-    gc.push_back(g_copy);
-    ratio.push_back(g / g_copy);
-  }
-  state.counters["GB_s"] = quantile(gd, 0.5);
-  state.counters["copy_GB_s"] = quantile(gc, 0.5);
-  state.counters["copy_frac"] = quantile(ratio, 0.5);
-  state.counters["copy_frac_lo"] = quantile(ratio, 0.25);
-  state.counters["copy_frac_hi"] = quantile(ratio, 0.75);
-  state.counters["pairs"] = double(ratio.size());
+  paired(state, decode, [&] { return c.run(); }, {"GB_s", "copy_GB_s", "copy_frac"});
 }
 
 // ---- memory: peak RSS of one T = 32768, H = 8, d = 128 causal softmax forward
