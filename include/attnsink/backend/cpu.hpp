@@ -543,8 +543,9 @@ struct feed_step {
   void operator()() const { f->step(); }
 };
 
-// s[r·ld + jj] = q_r · k_jj for r < nr (nr a multiple of 4), jj < nk; during
-// the first four rows' pass, row jj of `next` is requested with key jj.
+// s[r·ld + jj] = q_r · k_jj for r < nr (nr a multiple of 4), jj < nk; each
+// vector step (each key, off the AVX-512 path) of the first four rows' pass
+// is one `ahead` step.
 template <class T>
 inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std::size_t kstride, std::size_t nk, T* s,
                  std::size_t ld, read_ahead<T>* ahead = nullptr) {
@@ -611,6 +612,7 @@ inline void dots(const T* q, std::size_t df, std::size_t nr, const T* keys, std:
 
 // C[r][0..n) += Σ_{j<nk} P[r][j] · B[j][0..n) for r < nr (a multiple of 4).
 // Each output element is one FMA chain in ascending j: the order is fixed.
+// Each key of each pass over the first four rows is one `ahead` step.
 template <class T>
 inline void gemm_acc(const T* P, std::size_t ldp, const T* B, std::size_t ldb, std::size_t nk, T* C, std::size_t ldc,
                      std::size_t nr, std::size_t n, read_ahead<T>* ahead = nullptr) {
