@@ -823,8 +823,17 @@ struct kernel {
     sc.qrow[r] = i;
     sc.qpos[r] = mask::detail::qpos(i, p.tq, p.tk);
     sc.range[r] = a.mask.range(b, i, p.tq, p.tk);
-    T* x = sc.x.data();
     const T* src = q.row(b, h, i);
+    if constexpr (!score_t::maps_features) {
+      if (!a.pos.rotates()) {  // the features are the query row: scale it in one pass
+        const simd<T> cv(c);
+        std::size_t e = 0;
+        for (; e + W <= d; e += W) (simd<T>::load_unaligned(src + e) * cv).store_unaligned(feat + e);
+        for (; e < d; ++e) feat[e] = src[e] * c;
+        return a.norm.init(h);
+      }
+    }
+    T* x = sc.x.data();
     std::copy(src, src + d, x);
     a.pos.apply(x, d, sc.qpos[r], 1);
     features(x, feat);
