@@ -7,9 +7,9 @@
 // a causal mask halves it and a window counts its band), peak_frac (GFLOPS
 // over BM_fma_peak's GFLOPS in the same process), GB_s and copy_frac for
 // decode; ratio/ cases run a variant and softmax in alternation, decode/
-// cases a decode and a copy, and report the median of their per-pair
-// ratios. Times are wall-clock; threads =
-// ATTNSINK_BENCH_THREADS or every hardware thread.
+// cases a decode and a copy, peak/ cases the forward and the FMA
+// microbenchmark, and each reports the median of its per-pair ratios. Times
+// are wall-clock; threads = ATTNSINK_BENCH_THREADS or every hardware thread.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -285,6 +285,33 @@ void BM_ratio(benchmark::State& state, mask::dynamic m, mask::dynamic mr) {
          {"GFLOPS", "ref_GFLOPS", "ratio"});
 }
 
+// peak/softmax/full: the forward paired with BM_fma_peak's microbenchmark
+// (10 million iterations a thread, about 30 ms on 2 cores), timed apart in
+// alternating order. peak_frac is the median of the per-pair ratios, with
+// quartiles peak_frac_lo / _hi. On a shared VM the FMA rate itself swings
+// (160-340 GFLOP/s between runs of BM_fma_peak within one session,
+// 2026-12-06), so forward/ cases' peak_frac, against one BM_fma_peak run
+// seconds away, can read above 1; a pair milliseconds apart sees one state.
+void BM_peak_pair(benchmark::State& state) {
+  thread_cap();
+  const std::size_t t = std::size_t(state.range(0)), d = std::size_t(state.range(1));
+  operands x(8, 8, t, t, d);
+  const mask::dynamic full{kind::none, 0};
+  const auto a = variants::make<variants::softmax>(x.settings(full));
+  const backend::cpu be = bench_backend();
+  const double flops = forward_flops(x, full);
+  auto fwd = [&] {
+    const auto t0 = clock_type::now();
+    forward(be, a, x.Q(), x.K(), x.V(), x.O());
+    benchmark::ClobberMemory();
+    return flops / seconds_since(t0) * 1e-9;
+  };
+  auto fma = [] { return fma_gflops(bench_threads(), 10'000'000); };
+  fwd();  // warm: threads, pages
+  fma();
+  paired(state, fwd, fma, {"GFLOPS", "peak_GFLOPS", "peak_frac"});
+}
+
 // ratio/<name>/<mask>: V under mask m against softmax under mr (at least
 // 2 s of pairs per shape, so that even T = 4096, d = 128 gets several).
 template <class V>
@@ -427,6 +454,14 @@ void BM_memory_T32768(benchmark::State& state) {
     register_ratio<variants::alibi>("alibi", "causal", causal, causal);
     register_ratio<variants::softmax>("sliding_window_256", "causal", {kind::window, 256}, causal);
   }
+  // Softmax without a mask against the FMA peak, in pairs (issue point 1's shapes).
+  benchmark::RegisterBenchmark("peak/softmax/full", BM_peak_pair)
+      ->ArgNames({"T", "d"})
+      ->Args({2048, 128})
+      ->Args({4096, 128})
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond)
+      ->MinTime(2.0);
   // The window's work without its band: every query row sees the same 256
   // keys, no mask (the visible pairs of sliding_window_256 past its first 255
   // rows, with the same rows per key). Window ÷ this is the cost of the band's

@@ -56,8 +56,8 @@ struct cpu {
   // Query rows per tile (wide kernel: rounded up to whole SIMD vectors).
   // Under a band mask (no row sees more than band < tokens keys: a sliding
   // window, packed short documents) the wide kernel lowers it to at most
-  // band / 8 rows (at least one vector), so that few rows share each tile's
-  // ragged band edges.
+  // band / 8 rows (at least one vector; on AVX-512 at least 3 vectors where
+  // the band holds 6), so that few rows share each tile's ragged band edges.
   std::size_t query_tile = 64;
   // Keys per chunk of a tile's pass. Under a band mask the wide kernel raises
   // it to cover a tile's whole band (up to 2048 keys).
