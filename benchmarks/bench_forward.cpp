@@ -438,7 +438,7 @@ void BM_memory_T32768(benchmark::State& state) {
   register_variant<variants::kv_bias>("kv_bias", true, true);
   register_variant<variants::kernel_elu1>("kernel_elu1", true, true);
   // Paired ratios against softmax under the same mask (the window: against
-  // causal softmax, the mask it narrows).
+  // causal softmax, the mask it narrows; causal softmax: against unmasked).
   {
     const mask::dynamic full{kind::none, 0}, causal{kind::causal, 0};
     const auto both = [&](auto tag, const std::string& name) {
@@ -453,6 +453,9 @@ void BM_memory_T32768(benchmark::State& state) {
     both(std::type_identity<variants::kernel_elu1>{}, "kernel_elu1");
     register_ratio<variants::alibi>("alibi", "causal", causal, causal);
     register_ratio<variants::softmax>("sliding_window_256", "causal", {kind::window, 256}, causal);
+    // Causal softmax against unmasked softmax (issue point 4: hidden tiles
+    // skipped, work balanced across threads).
+    register_ratio<variants::softmax>("softmax_causal", "full", causal, full);
   }
   // Softmax without a mask against the FMA peak, in pairs (issue point 1's shapes).
   benchmark::RegisterBenchmark("peak/softmax/full", BM_peak_pair)
