@@ -1439,7 +1439,7 @@ void forward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<co
     // runs 8 × 3 blocks (24 accumulators, 11 loads per 24 FMAs) rather than
     // 8 × 2 (16, 10 per 16). Paired runs, window 256 ÷ causal softmax, 2
     // threads (AVX-512, 2026-12-06, Intel Xeon VM): 3 vectors against 2,
-    // +3-12% at T = 1024-4096, d = 64 and 128; window 128, 3 against 1:
+    // +3-14% at T = 512-4096, d = 64 and 128; window 128, 3 against 1:
     // +17-19%. (On an AMD EPYC VM, 2026-12-05, 3 against 2 was -1.3% at
     // window 256, T = 4096, d = 64.) One scan of every row's key range
     // (O(batch · rows) mask lookups) gives the band and the rows' visible
