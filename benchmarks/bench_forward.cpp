@@ -181,6 +181,15 @@ backend::cpu bench_backend() {
   return be;
 }
 
+// Seconds of one forward of `attn` on x's inputs into o (the paired cases' unit).
+template <class Attn>
+double forward_seconds(const backend::cpu& be, const Attn& attn, const operands& x, tensor4<float> o) {
+  const auto t0 = clock_type::now();
+  forward(be, attn, x.Q(), x.K(), x.V(), o);
+  benchmark::ClobberMemory();
+  return seconds_since(t0);
+}
+
 template <class V>
 void BM_forward(benchmark::State& state, mask::dynamic m, std::size_t heads = 8, std::size_t keys = 0) {
   thread_cap();
@@ -274,10 +283,7 @@ void BM_ratio(benchmark::State& state, mask::dynamic m, mask::dynamic mr) {
   const backend::cpu be = bench_backend();
   const double fa = forward_flops(x, m), fr = forward_flops(x, mr);
   auto timed = [&](auto& attn, tensor4<float> o, double flops) {
-    const auto t0 = clock_type::now();
-    forward(be, attn, x.Q(), x.K(), x.V(), o);
-    benchmark::ClobberMemory();
-    return flops / seconds_since(t0) * 1e-9;
+    return flops / forward_seconds(be, attn, x, o) * 1e-9;
   };
   timed(a, x.O(), fa);  // warm: threads, pages
   timed(r, O_ref, fr);
@@ -300,12 +306,7 @@ void BM_peak_pair(benchmark::State& state) {
   const auto a = variants::make<variants::softmax>(x.settings(full));
   const backend::cpu be = bench_backend();
   const double flops = forward_flops(x, full);
-  auto fwd = [&] {
-    const auto t0 = clock_type::now();
-    forward(be, a, x.Q(), x.K(), x.V(), x.O());
-    benchmark::ClobberMemory();
-    return flops / seconds_since(t0) * 1e-9;
-  };
+  auto fwd = [&] { return flops / forward_seconds(be, a, x, x.O()) * 1e-9; };
   auto fma = [] { return fma_gflops(bench_threads(), 10'000'000); };
   fwd();  // warm: threads, pages
   fma();
@@ -404,12 +405,7 @@ void BM_decode(benchmark::State& state, std::size_t heads, std::size_t kv_heads)
   const backend::cpu be = bench_backend();
   const double bytes = double((x.k.size() + x.v.size()) * sizeof(float));
   copy_buffers c{static_cast<std::size_t>(bytes)};
-  auto decode = [&] {
-    const auto t0 = clock_type::now();
-    forward(be, a, x.Q(), x.K(), x.V(), x.O());
-    benchmark::ClobberMemory();
-    return bytes / seconds_since(t0) * 1e-9;
-  };
+  auto decode = [&] { return bytes / forward_seconds(be, a, x, x.O()) * 1e-9; };
   decode();  // warm: threads, pages
   c.run();
   paired(state, decode, [&] { return c.run(); }, {"GB_s", "copy_GB_s", "copy_frac"});
