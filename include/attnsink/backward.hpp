@@ -72,11 +72,11 @@ problem check_backward(const A& a, const tensor4<const T>& q, const tensor4<cons
   const tensor4<T> dout_shape(const_cast<T*>(dout.data), dout.batch, dout.heads, dout.tokens, dout.dim);
   require(dout.data != nullptr, "dout", "expected data, got a null pointer");
   require(dout.batch == q.batch && dout.heads == q.heads && dout.tokens == q.tokens && dout.dim == v.dim, "dout",
-          "expected shape " + shape_str(q.batch, q.heads, q.tokens, v.dim) + ", got " + shape_str(dout));
+          [&] { return "expected shape " + shape_str(q.batch, q.heads, q.tokens, v.dim) + ", got " + shape_str(dout); });
   const problem p = check_forward(a, q, k, v, dout_shape);
   auto same = [&](const tensor4<T>& x, const auto& ref, const char* name) {
     require(x.data != nullptr, name, "expected data, got a null pointer");
-    require(x.shape() == ref.shape(), name, "expected shape " + shape_str(ref) + ", got " + shape_str(x));
+    require(x.shape() == ref.shape(), name, [&] { return "expected shape " + shape_str(ref) + ", got " + shape_str(x); });
   };
   same(g.dq, q, "dq");
   same(g.dk, k, "dk");

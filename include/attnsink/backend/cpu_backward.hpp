@@ -455,7 +455,7 @@ void backward(const backend::cpu& opt, const A& a, tensor4<const T> q, tensor4<c
     saved = {tensor4<const T>(own_out.data(), p.batch, p.heads, p.tq, p.vdim), own_m.data(), own_l.data()};
   } else {
     detail::require(saved.out.shape() == dout.shape(), "saved.out",
-                    "expected the forward's output, shape " + detail::shape_str(dout));
+                    [&] { return "expected the forward's output, shape " + detail::shape_str(dout); });
     detail::require(saved.max && saved.sum, "saved", "expected the forward's row state (max and sum)");
   }
 

@@ -706,7 +706,7 @@ void backward_device(const backend::kokkos<E>& be, const A& a, tensor4<const T> 
   }
   if (!saved.empty()) {
     detail::require(saved.out.shape() == dout.shape(), "saved.out",
-                    "expected the forward's output, shape " + detail::shape_str(dout));
+                    [&] { return "expected the forward's output, shape " + detail::shape_str(dout); });
     detail::require(saved.max && saved.sum, "saved", "expected the forward's row state (max and sum)");
   }
   kokkos_bwd::dispatch(be, a, p, q, k, v, dout, g, saved);
@@ -723,7 +723,7 @@ void backward(const backend::kokkos<E>& be, const A& a, tensor4<const T> q, tens
   const problem p = check_backward(a, q, k, v, dout, g);
   if (!saved.empty()) {
     detail::require(saved.out.shape() == dout.shape(), "saved.out",
-                    "expected the forward's output, shape " + detail::shape_str(dout));
+                    [&] { return "expected the forward's output, shape " + detail::shape_str(dout); });
     detail::require(saved.max && saved.sum, "saved", "expected the forward's row state (max and sum)");
   }
   using M = typename E::memory_space;

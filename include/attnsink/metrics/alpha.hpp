@@ -351,18 +351,18 @@ problem check_stream(const A& a, const tensor4<const T>& q, const tensor4<const 
   using attnsink::detail::shape_str;
   require(q.data != nullptr, "q", "expected data, got a null pointer");
   require(q.batch >= 1 && q.heads >= 1 && q.tokens >= 1 && q.dim >= 1, "q",
-          "expected non-empty (samples, heads, tokens, head_dim), got shape " + shape_str(q));
+          [&] { return "expected non-empty (samples, heads, tokens, head_dim), got shape " + shape_str(q); });
   require(k.data != nullptr, "k", "expected data, got a null pointer");
-  require(k.batch == q.batch, "k", "expected " + std::to_string(q.batch) + " samples (as q), got shape " + shape_str(k));
+  require(k.batch == q.batch, "k", [&] { return "expected " + std::to_string(q.batch) + " samples (as q), got shape " + shape_str(k); });
   require(k.heads >= 1 && q.heads % k.heads == 0, "k",
-          "kv heads (" + std::to_string(k.heads) + ") must divide the query heads (" + std::to_string(q.heads) + ")");
+          [&] { return "kv heads (" + std::to_string(k.heads) + ") must divide the query heads (" + std::to_string(q.heads) + ")"; });
   require(k.tokens == q.tokens, "k",
-          "expected " + std::to_string(q.tokens) + " tokens (as q; the metrics are self-attention over one sequence), got shape " +
-              shape_str(k));
-  require(k.dim == q.dim, "k", "expected head_dim " + std::to_string(q.dim) + " (as q), got shape " + shape_str(k));
+          [&] { return "expected " + std::to_string(q.tokens) + " tokens (as q; the metrics are self-attention over one sequence), got shape " +
+              shape_str(k); });
+  require(k.dim == q.dim, "k", [&] { return "expected head_dim " + std::to_string(q.dim) + " (as q), got shape " + shape_str(k); });
   using CA = column_alpha<A, T>;
   require(q.dim <= CA::max_dim && a.score.feature_dim(q.dim) <= CA::max_dim, "q",
-          "streaming metrics take head_dim and feature_dim up to " + std::to_string(CA::max_dim));
+          [&] { return "streaming metrics take head_dim and feature_dim up to " + std::to_string(CA::max_dim); });
   if (norm_has_state<A> && (m == nullptr || l == nullptr))
     throw value_error("stats", std::string("the ") + A::norm_type::name +
                                    " normalization needs the row state (m, l) of a forward pass over the same q, k");

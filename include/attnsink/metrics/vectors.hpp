@@ -81,9 +81,9 @@ first_key_angles qk_angles(const A& a, tensor4<const T> q, tensor4<const T> k, s
   detail::require_tokens(q, "q");
   detail::require_tokens(k, "k");
   require(k.batch == q.batch && k.dim == q.dim && q.heads % k.heads == 0, "k",
-          "expected (batch, kv heads dividing " + std::to_string(q.heads) + ", tokens, " + std::to_string(q.dim) +
-              "), got shape " + shape_str(k));
-  require(k.tokens == q.tokens, "k", "expected " + std::to_string(q.tokens) + " tokens (as q), got shape " + shape_str(k));
+          [&] { return "expected (batch, kv heads dividing " + std::to_string(q.heads) + ", tokens, " + std::to_string(q.dim) +
+              "), got shape " + shape_str(k); });
+  require(k.tokens == q.tokens, "k", [&] { return "expected " + std::to_string(q.tokens) + " tokens (as q), got shape " + shape_str(k); });
   if (key < 1 || key > k.tokens)
     throw value_error("key", "expected a token index in 1.." + std::to_string(k.tokens) + ", got " + std::to_string(key));
   const std::size_t d = q.dim, df = a.score.feature_dim(d), group = q.heads / k.heads, T_ = q.tokens;
