@@ -118,8 +118,7 @@ std::string shape_str(const tensor4<T>& x) {
 // cost about 1.7 µs a forward call, a decode step's fixed cost).
 template <class Message>
 inline void require(bool ok, const char* argument, Message&& message) {
-  if (ok) [[likely]]
-    return;
+  if (ok) return;
   if constexpr (std::is_invocable_v<Message>) throw shape_error(argument, std::string(message()));
   else throw shape_error(argument, std::string(message));
 }
